@@ -1,0 +1,223 @@
+"""The ``bonect`` command: convert files, write phantom patients, run the demo.
+
+Thin argparse adapters over typed functions; errors become one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bonect import __version__
+from bonect.errors import BonectError, ConfigError
+
+logger = logging.getLogger("bonect")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SOFTWARE = 70
+EXIT_CONFIG = 78
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not three numbers: {text!r}") from None
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected SLICE,ROW,COLUMN in mm > 0, got {text!r}")
+    return (values[0], values[1], values[2])
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bonect",
+        description="Synthetic CT from head-and-neck bone MR (ZTE, UTE, PETRA, black-bone GRE).",
+    )
+    parser.add_argument("--version", action="version", version=f"bonect {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="debug logging and tracebacks"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = sub.add_parser(
+        "convert",
+        help="convert one MR series (DICOM folder or NIfTI file) to synthetic CT",
+        description="Convert one bone-MR series to synthetic CT, written as a CT Image Storage "
+        "series (DICOM) or a NIfTI file.",
+    )
+    convert.add_argument(
+        "input",
+        type=Path,
+        metavar="IN",
+        help="folder of one DICOM MR series, or a .nii/.nii.gz file",
+    )
+    convert.add_argument(
+        "output", type=Path, metavar="OUT", help="folder for the CT series, or a .nii.gz path"
+    )
+    convert.add_argument(
+        "--model",
+        default="auto",
+        help="auto (the promoted model in the registry, else classical), classical, or a model "
+        "folder (default: auto)",
+    )
+    convert.add_argument(
+        "--format", choices=("dicom", "nifti"), default="dicom", dest="output_format"
+    )
+    convert.add_argument(
+        "--planes",
+        nargs="+",
+        choices=("axial", "coronal", "sagittal"),
+        default=["axial", "coronal", "sagittal"],
+        help="planes to predict in and fuse by median (default: all three)",
+    )
+    convert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    convert.add_argument("--batch-size", type=_positive, default=16)
+    convert.add_argument(
+        "--config", type=Path, default=None, help="config.toml (for the model registry)"
+    )
+    convert.set_defaults(handler=_convert)
+
+    phantom = sub.add_parser(
+        "phantom",
+        help="write digital phantom patients (bone MR + CT, DICOM and NIfTI)",
+        description="Write paired bone-MR and CT series of digital head-and-neck phantom "
+        "patients: OUT/<patient>/dicom/{MR,CT}/ and mr.nii.gz, ct.nii.gz (CT on the MR grid), "
+        "mask.nii.gz.",
+    )
+    phantom.add_argument("output", type=Path, metavar="OUT")
+    phantom.add_argument("--patients", type=_positive, default=1)
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--contrast", choices=("zte", "ute", "gre"), default="zte")
+    phantom.add_argument("--orientation", choices=("axial", "sagittal", "coronal"), default="axial")
+    phantom.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=(2.0, 1.5, 1.5),
+        metavar="S,R,C",
+        help="MR voxel size in mm: slice, row, column (default: 2.0,1.5,1.5)",
+    )
+    phantom.set_defaults(handler=_phantom)
+
+    demo = sub.add_parser(
+        "demo",
+        help="phantom -> synthetic CT (U-Net and classical) -> figures and metrics",
+        description="Make phantom patients, convert them with the bundled phantom-trained "
+        "U-Net and with the classical map, and compare both with the CT: a Figure-1 montage "
+        "per patient and the paper's metrics.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-output"), help="default: ./demo-output"
+    )
+    demo.add_argument(
+        "--model", type=Path, default=None, help="model folder (default: the bundled phantom model)"
+    )
+    demo.add_argument("--patients", type=_positive, default=2)
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from bonect.config import find_config, load_config
+    from bonect.converter.files import convert_path
+    from bonect.converter.inference import pick_device
+    from bonect.converter.pipeline import resolve_method
+
+    registry = None
+    config_path = find_config(args.config)
+    if config_path is not None:
+        registry = load_config(config_path).model_registry
+    device = pick_device(args.device)
+    method = resolve_method(args.model, registry=registry, device=device)
+    logger.info("converting %s with %s on %s", args.input, method.label, device)
+    result = convert_path(
+        args.input,
+        args.output,
+        method,
+        output_format=args.output_format,
+        planes=args.planes,
+        batch_size=args.batch_size,
+        device=device,
+        progress=sys.stderr.isatty(),
+    )
+    logger.info("wrote %d file(s) to %s in %.1f s", len(result.paths), args.output, result.seconds)
+    return 0
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bonect.phantom.cohort import write_patient
+    from bonect.phantom.generate import Acquisition, generate_case
+
+    acquisition = Acquisition(args.orientation, args.spacing)
+    for index in tqdm(range(args.patients), desc="phantom patients", unit="patient"):
+        case = generate_case(args.seed, index, contrast=args.contrast, acquisition=acquisition)
+        written = write_patient(case, args.seed, args.output)
+        logger.info("wrote %s", written.folder)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bonect.converter.inference import pick_device
+    from bonect.demo import run_demo
+
+    result = run_demo(
+        args.out,
+        model_folder=args.model,
+        device=pick_device(args.device),
+        patients=args.patients,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"\nMean over {args.patients} held-out phantom patients (head mask):\n")
+    print(result.table)
+    print()
+    for figure in result.figures:
+        print(f"figure: {figure}")
+    print(f"metrics: {result.out / 'metrics.md'} and metrics.json; took {result.seconds:.0f} s")
+    return 0
+
+
+def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Translate errors into one line on stderr and an exit code."""
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"bonect: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BonectError as exc:
+        if args.verbose:
+            logger.exception("failed")
+        print(f"bonect: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("bonect: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # boundary: no traceback for users unless -v
+        if args.verbose:
+            logger.exception("unexpected failure")
+        print(f"bonect: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_SOFTWARE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bonect.logs import configure_logging
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return run(args.handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""Reading one MR series from DICOM (classic or Enhanced MR, any orientation) into an MRSeries.
+
+The three entry points differ only in where the instances come from (a folder, a list of files,
+datasets in memory). Every problem that makes the input unusable (not DICOM, truncated, not an
+image, not MR, several series, inconsistent geometry, duplicate or missing slices) is raised as
+:class:`~bonect.errors.SeriesError` with a one-line message; pydicom's own exceptions never leak.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from bonect.converter.series import MRSeries, SourceImage
+from bonect.converter.volume import Volume, affine_from_dicom
+from bonect.errors import SeriesError
+
+logger = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+
+# Tolerances of the geometry checks.
+_ORIENTATION_TOL = 1e-3  # largest difference between direction cosines of one series
+_PIXEL_SPACING_TOL = 1e-3  # mm
+_DUPLICATE_TOL = 1e-2  # mm along the normal: closer slices are duplicates
+_GAP_FACTOR = 1.5  # a step larger than this × the median step means missing slices
+_GRID_TOL = 0.1  # largest distance of a slice from the regular grid, as a fraction of the step
+
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
+_PER_FRAME_TAG = 0x52009230  # PerFrameFunctionalGroupsSequence
+_SHARED_TAG = 0x52009229  # SharedFunctionalGroupsSequence
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One 2D image (a classic instance or one frame of an enhanced instance) and its plane."""
+
+    dataset: Dataset
+    label: str  # file name or instance UID, for messages
+    index: int | None  # 0-based frame index in a multi-frame dataset
+    position: F64
+    orientation: F64
+    pixel_spacing: F64
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+
+
+def read_mr_folder(folder: Path) -> MRSeries:
+    """Read the one MR series held by the files under ``folder`` (recursively).
+
+    ``DICOMDIR`` files and hidden files or folders (names starting with ``.``) are skipped; every
+    other file must be a DICOM instance of the series.
+
+    Parameters
+    ----------
+    folder
+        A folder of DICOM files.
+
+    Returns
+    -------
+    MRSeries
+        The checked volume, its header and one source image per slice.
+
+    Raises
+    ------
+    SeriesError
+        If the folder is missing or empty, or the files are not one usable MR series.
+    """
+    if not folder.is_dir():
+        raise SeriesError(f"{folder}: not a folder")
+    paths = [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        and p.name.upper() != "DICOMDIR"
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    if not paths:
+        raise SeriesError(f"{folder}: no DICOM files (empty folder)")
+    return read_mr_files(paths)
+
+
+def read_mr_files(paths: Sequence[Path]) -> MRSeries:
+    """Read one MR series from the given DICOM files (in any order).
+
+    Raises
+    ------
+    SeriesError
+        If a file is missing, not DICOM or truncated (the message names it), or the files are
+        not one usable MR series. Other :class:`OSError` (e.g. a failing disk) propagate, as they
+        may be transient.
+    """
+    if not paths:
+        raise SeriesError("no DICOM files in input")
+    return read_mr_datasets([_read_file(path) for path in paths])
+
+
+def read_mr_datasets(datasets: Sequence[Dataset]) -> MRSeries:
+    """Read one MR series from datasets already in memory (in any order).
+
+    Slices are sorted along the slice normal (row cosine × column cosine); the volume is float32
+    with RescaleSlope/Intercept applied and its affine follows :mod:`bonect.converter.volume`.
+
+    Raises
+    ------
+    SeriesError
+        If the datasets are not exactly one usable MR series.
+    """
+    if not datasets:
+        raise SeriesError("no DICOM datasets in input")
+    try:
+        return _read_series(datasets)
+    except SeriesError:
+        raise
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # pydicom converts values lazily: a malformed attribute fails where it is first used
+        logger.debug("malformed DICOM attribute", exc_info=True)
+        raise SeriesError(f"malformed or missing DICOM attribute ({_one_line(exc)})") from exc
+
+
+def _read_series(datasets: Sequence[Dataset]) -> MRSeries:
+    for ds in datasets:
+        _check_complete(ds)
+    uid = _single_series_uid(datasets)
+    for ds in datasets:
+        _check_image(ds, uid)
+    _check_modality(datasets, uid)
+    enhanced = [_is_enhanced(ds) for ds in datasets]
+    if any(enhanced) and not all(enhanced):
+        raise SeriesError(
+            f"series mixes single-frame and Enhanced (multi-frame) MR instances (series {uid})",
+            series_uid=uid,
+        )
+    frames = [f for ds in datasets for f in _frames_of(ds, uid)]
+    if len(frames) < 2:
+        raise SeriesError(
+            f"{len(frames)} slice(s) in series; a volume needs at least 2 (series {uid})",
+            series_uid=uid,
+        )
+    _check_consistent(frames, uid)
+    frames, step = _sort_and_check_positions(frames, uid)
+    first = frames[0]
+    affine = affine_from_dicom(first.position, first.orientation, first.pixel_spacing, step)
+    volume = Volume(_pixels(frames, uid), affine)
+    sources = tuple(
+        SourceImage(
+            sop_class_uid=str(f.dataset.SOPClassUID),
+            sop_instance_uid=str(f.dataset.SOPInstanceUID),
+            frame_number=None if f.index is None else f.index + 1,
+        )
+        for f in frames
+    )
+    logger.info(
+        "read MR series %s: %d slices of %dx%d, spacing %.3g x %.3g x %.3g mm",
+        uid,
+        volume.shape[0],
+        volume.shape[1],
+        volume.shape[2],
+        *volume.spacing,
+    )
+    return MRSeries(volume=volume, header=_header(first.dataset), sources=sources)
+
+
+def _read_file(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path, force=False)
+    except InvalidDicomError as exc:
+        raise SeriesError(f"{path}: not a DICOM file") from exc
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise SeriesError(f"{path}: no such file") from exc
+    except OSError:
+        raise
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise SeriesError(f"{path}: unreadable or truncated DICOM file ({_one_line(exc)})") from exc
+
+
+def _label(ds: Dataset) -> str:
+    filename = getattr(ds, "filename", None)
+    if isinstance(filename, str) and filename:
+        return filename
+    return f"instance {ds.get('SOPInstanceUID', '(no SOPInstanceUID)')}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_complete(ds: Dataset) -> None:
+    """Refuse a dataset read from a truncated file (pydicom accepts those silently)."""
+    meta = getattr(ds, "file_meta", None)
+    if len(ds) == 0 or (meta is not None and len(meta) > 0 and "TransferSyntaxUID" not in meta):
+        raise SeriesError(f"{_label(ds)}: truncated DICOM file (no data set)")
+    last = ds.get_item(list(ds.keys())[-1])
+    if (
+        isinstance(last, RawDataElement)
+        and isinstance(last.value, bytes)
+        and last.length != 0xFFFFFFFF
+        and len(last.value) < last.length
+    ):
+        raise SeriesError(
+            f"{_label(ds)}: truncated DICOM file ({len(last.value)} of {last.length} bytes "
+            f"of element {last.tag})"
+        )
+
+
+def _single_series_uid(datasets: Sequence[Dataset]) -> str:
+    counts: dict[str, int] = {}
+    for ds in datasets:
+        if "SeriesInstanceUID" not in ds:
+            raise SeriesError(f"{_label(ds)}: no SeriesInstanceUID")
+        uid = str(ds.SeriesInstanceUID)
+        counts[uid] = counts.get(uid, 0) + 1
+    if len(counts) > 1:
+        listed = ", ".join(f"{uid} ({n} instances)" for uid, n in list(counts.items())[:5])
+        more = ", ..." if len(counts) > 5 else ""
+        raise SeriesError(f"{len(counts)} series in input: {listed}{more}")
+    return next(iter(counts))
+
+
+def _check_image(ds: Dataset, uid: str) -> None:
+    if "PixelData" not in ds:
+        kind = UID(str(ds.get("SOPClassUID", ""))).name or "unknown SOP class"
+        problem = "truncated file?" if "Image" in kind else "not an image"
+        raise SeriesError(
+            f"{_label(ds)}: no pixel data in this {kind} instance, {problem} (series {uid})",
+            series_uid=uid,
+        )
+    if int(ds.get("SamplesPerPixel") or 1) != 1:
+        raise SeriesError(
+            f"{_label(ds)}: colour image ({ds.SamplesPerPixel} samples per pixel), "
+            f"not a grey-scale MR (series {uid})",
+            series_uid=uid,
+        )
+
+
+def _check_modality(datasets: Sequence[Dataset], uid: str) -> None:
+    modalities = sorted({str(ds.get("Modality", "") or "of unknown modality") for ds in datasets})
+    if modalities != ["MR"]:
+        raise SeriesError(
+            f"series is {'/'.join(modalities)}, not MR (series {uid})", series_uid=uid
+        )
+
+
+def _is_enhanced(ds: Dataset) -> bool:
+    return _PER_FRAME_TAG in ds or _SHARED_TAG in ds
+
+
+def _vector(item: Dataset | None, keyword: str, n: int, label: str, uid: str) -> F64:
+    """A required multi-valued DS attribute of ``item`` as ``n`` finite floats."""
+    if item is None or keyword not in item:
+        raise SeriesError(f"{label}: no {keyword} (series {uid})", series_uid=uid)
+    try:
+        value = item[keyword].value
+        values = [] if value is None or value == "" else value
+        arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise SeriesError(f"{label}: invalid {keyword} (series {uid})", series_uid=uid) from exc
+    if arr.size == 0:
+        raise SeriesError(f"{label}: no {keyword} (series {uid})", series_uid=uid)
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise SeriesError(f"{label}: invalid {keyword} {_fmt(arr)} (series {uid})", series_uid=uid)
+    return arr
+
+
+def _frames_of(ds: Dataset, uid: str) -> list[_Frame]:
+    label = _label(ds)
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise SeriesError(f"{label}: no valid Rows/Columns (series {uid})", series_uid=uid) from exc
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not _is_enhanced(ds):
+        if n_frames != 1:
+            raise SeriesError(
+                f"{label}: multi-frame image without functional groups (series {uid})",
+                series_uid=uid,
+            )
+        return [_frame(ds, label, None, (ds, ds, ds, ds), rows, columns, uid)]
+    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []))
+    shared_seq = ds.get("SharedFunctionalGroupsSequence", [])
+    shared = shared_seq[0] if len(shared_seq) else None
+    if len(per_frame) != n_frames:
+        raise SeriesError(
+            f"{label}: {len(per_frame)} per-frame functional groups for {n_frames} frames "
+            f"(series {uid})",
+            series_uid=uid,
+        )
+    frames = []
+    for index, item in enumerate(per_frame):
+        transform = _group(item, shared, "PixelValueTransformationSequence")
+        items = (
+            _group(item, shared, "PlanePositionSequence"),
+            _group(item, shared, "PlaneOrientationSequence"),
+            _group(item, shared, "PixelMeasuresSequence"),
+            transform if transform is not None else ds,
+        )
+        where = f"{label} frame {index + 1}"
+        frames.append(_frame(ds, where, index, items, rows, columns, uid))
+    return frames
+
+
+def _frame(
+    ds: Dataset,
+    label: str,
+    index: int | None,
+    items: tuple[Dataset | None, Dataset | None, Dataset | None, Dataset],
+    rows: int,
+    columns: int,
+    uid: str,
+) -> _Frame:
+    """Build a frame from the items holding its position, orientation, spacing and rescale."""
+    plane, orientation, measures, transform = items
+    iop = _vector(orientation, "ImageOrientationPatient", 6, label, uid)
+    row, col = iop[:3], iop[3:]
+    errors = (np.linalg.norm(row) - 1, np.linalg.norm(col) - 1, row @ col)
+    if max(abs(float(e)) for e in errors) > 1e-2:
+        raise SeriesError(
+            f"{label}: invalid ImageOrientationPatient {_fmt(iop)} (series {uid})", series_uid=uid
+        )
+    slope, intercept = _rescale(transform)
+    return _Frame(
+        dataset=ds,
+        label=label,
+        index=index,
+        position=_vector(plane, "ImagePositionPatient", 3, label, uid),
+        orientation=iop,
+        pixel_spacing=_vector(measures, "PixelSpacing", 2, label, uid),
+        rows=rows,
+        columns=columns,
+        slope=slope,
+        intercept=intercept,
+    )
+
+
+def _group(item: Dataset, shared: Dataset | None, keyword: str) -> Dataset | None:
+    """The first item of a functional group macro, per-frame first, then shared."""
+    for source in (item, shared):
+        if source is not None and keyword in source and len(source[keyword].value):
+            first: Dataset = source[keyword].value[0]
+            return first
+    return None
+
+
+def _rescale(item: Dataset) -> tuple[float, float]:
+    slope = item.get("RescaleSlope", None)
+    intercept = item.get("RescaleIntercept", None)
+    return (
+        1.0 if slope in (None, "") else float(slope),
+        0.0 if intercept in (None, "") else float(intercept),
+    )
+
+
+def _distinct(values: Iterable[F64], tol: float) -> list[F64]:
+    found: list[F64] = []
+    for v in values:
+        if not any(np.max(np.abs(v - f)) <= tol for f in found):
+            found.append(v)
+    return found
+
+
+def _fmt(values: F64) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def _check_consistent(frames: Sequence[_Frame], uid: str) -> None:
+    orientations = _distinct((f.orientation for f in frames), _ORIENTATION_TOL)
+    if len(orientations) > 1:
+        raise SeriesError(
+            f"mixed orientations: {len(orientations)} different ImageOrientationPatient values, "
+            f"e.g. {_fmt(orientations[0])} and {_fmt(orientations[1])} (series {uid})",
+            series_uid=uid,
+        )
+    sizes = sorted({(f.rows, f.columns) for f in frames})
+    if len(sizes) > 1:
+        listed = " and ".join(f"{r}x{c}" for r, c in sizes[:2])
+        raise SeriesError(
+            f"mixed rows/columns: images of {listed} pixels (series {uid})", series_uid=uid
+        )
+    spacings = _distinct((f.pixel_spacing for f in frames), _PIXEL_SPACING_TOL)
+    if len(spacings) > 1:
+        raise SeriesError(
+            f"mixed pixel spacing: {_fmt(spacings[0])} and {_fmt(spacings[1])} mm (series {uid})",
+            series_uid=uid,
+        )
+
+
+def _sort_and_check_positions(frames: Sequence[_Frame], uid: str) -> tuple[list[_Frame], F64]:
+    """Sort frames along the normal; refuse duplicates, gaps and irregular steps.
+
+    Returns the sorted frames and the LPS step from one slice to the next.
+    """
+    iop = frames[0].orientation
+    normal = np.cross(iop[:3], iop[3:])
+    distances = np.array([f.position @ normal for f in frames])
+    order = np.argsort(distances, kind="stable")
+    ordered = [frames[i] for i in order]
+    d = distances[order]
+    steps = np.diff(d)
+
+    duplicate = steps <= _DUPLICATE_TOL
+    if np.any(duplicate):
+        where = d[1:][duplicate]
+        raise SeriesError(
+            f"duplicate slice positions: {int(duplicate.sum())} slices share a position with "
+            f"another, first at {where[0]:.2f} mm along the normal "
+            f"(several echoes, phases or stacks?) (series {uid})",
+            series_uid=uid,
+        )
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > _GAP_FACTOR * median)
+    if gaps.size:
+        missing = [max(1, round(steps[i] / median) - 1) for i in gaps]
+        places = ", ".join(
+            f"{m} between {d[i]:.2f} and {d[i + 1]:.2f} mm"
+            for m, i in zip(missing[:3], gaps[:3], strict=False)
+        )
+        more = f" and {gaps.size - 3} more gaps" if gaps.size > 3 else ""
+        raise SeriesError(
+            f"missing slices: about {sum(missing)} slices seem missing along the normal "
+            f"(spacing {median:.3g} mm): {places}{more} (series {uid})",
+            series_uid=uid,
+        )
+
+    first, last = ordered[0].position, ordered[-1].position
+    step = (last - first) / (len(ordered) - 1)
+    expected = first[None, :] + np.arange(len(ordered))[:, None] * step[None, :]
+    actual = np.array([f.position for f in ordered])
+    deviation = float(np.max(np.linalg.norm(actual - expected, axis=1)))
+    if deviation > _GRID_TOL * float(np.linalg.norm(step)):
+        raise SeriesError(
+            f"irregular slice spacing: steps from {steps.min():.3g} to {steps.max():.3g} mm, "
+            f"a slice lies {deviation:.3g} mm off the regular grid (series {uid})",
+            series_uid=uid,
+        )
+    return ordered, step
+
+
+def _pixels(frames: Sequence[_Frame], uid: str) -> npt.NDArray[np.float32]:
+    """Decode every frame (each dataset once) into a float32 [slice, row, column] array."""
+    rows, columns = frames[0].rows, frames[0].columns
+    out = np.empty((len(frames), rows, columns), dtype=np.float32)
+    decoded: dict[int, npt.NDArray[Any]] = {}
+    for k, frame in enumerate(frames):
+        key = id(frame.dataset)
+        if key not in decoded:
+            decoded[key] = _decode(frame.dataset, rows, columns, uid)
+        image = decoded[key][0 if frame.index is None else frame.index]
+        out[k] = image.astype(np.float32) * np.float32(frame.slope) + np.float32(frame.intercept)
+    return out
+
+
+def _decode(ds: Dataset, rows: int, columns: int, uid: str) -> npt.NDArray[Any]:
+    label = _label(ds)
+    try:
+        arr = np.asarray(ds.pixel_array)
+    except Exception as exc:  # codecs and pydicom raise many types for damaged pixel data
+        raise SeriesError(
+            f"{label}: pixel data cannot be decoded, truncated or corrupt ({_one_line(exc)}) "
+            f"(series {uid})",
+            series_uid=uid,
+        ) from exc
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if arr.size != n_frames * rows * columns:
+        raise SeriesError(
+            f"{label}: decoded pixel data has shape {arr.shape}, expected {n_frames} frame(s) "
+            f"of {rows}x{columns} (series {uid})",
+            series_uid=uid,
+        )
+    return arr.reshape(n_frames, rows, columns)
+
+
+def _header(ds: Dataset) -> Dataset:
+    """A copy of ``ds`` without pixel data or per-frame functional groups."""
+    header = Dataset()
+    for elem in ds:
+        if elem.tag not in _PIXEL_TAGS and elem.tag != _PER_FRAME_TAG:
+            header.add(copy.deepcopy(elem))
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        header.file_meta = copy.deepcopy(meta)
+    return header

@@ -1,0 +1,89 @@
+"""Multi-plane U-Net inference on the model cube, fused by voxel-wise median, with its spread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tqdm import tqdm
+
+from bonect.converter.model_folder import LoadedModel
+from bonect.converter.preprocess import slices, unslice
+
+logger = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(spec)
+
+
+@dataclass(frozen=True)
+class CubePrediction:
+    """The fused prediction (HU) on the cube and the spread between planes (HU)."""
+
+    hu: F32
+    spread: F32 | None
+
+
+@torch.inference_mode()
+def predict_plane(
+    model: LoadedModel,
+    image: F32,
+    plane: str,
+    *,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> F32:
+    """Predict every slice of one plane of the cube; returns HU in cube order."""
+    device = device or next(model.network.parameters()).device
+    stack = slices(image, plane)
+    out = np.empty(stack.shape, dtype=np.float32)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    )
+    starts = range(0, stack.shape[0], batch_size)
+    for start in tqdm(starts, desc=f"{plane:>8}", unit="batch", disable=not progress, leave=False):
+        batch = np.ascontiguousarray(stack[start : start + batch_size])
+        x = torch.from_numpy(batch)[:, None].to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            y = model.network(x)
+        hu = model.manifest.to_hu(y.float())[:, 0]
+        out[start : start + batch_size] = hu.cpu().numpy()
+    return np.ascontiguousarray(unslice(out, plane))
+
+
+def predict_cube(
+    model: LoadedModel,
+    image: F32,
+    planes: Sequence[str],
+    *,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> CubePrediction:
+    """Predict in each plane and fuse: median over planes, spread = max - min."""
+    if not planes:
+        raise ValueError("at least one plane is needed")
+    per_plane = [
+        predict_plane(model, image, p, batch_size=batch_size, device=device, progress=progress)
+        for p in planes
+    ]
+    if len(per_plane) == 1:
+        return CubePrediction(hu=per_plane[0], spread=None)
+    stacked = np.stack(per_plane)
+    fused = np.median(stacked, axis=0).astype(np.float32)
+    spread = (stacked.max(axis=0) - stacked.min(axis=0)).astype(np.float32)
+    return CubePrediction(hu=fused, spread=spread)

@@ -1,0 +1,109 @@
+"""Conversion as thin sequencing: pick a method, prepare, predict, map back to the MR grid."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bonect.converter.classical import ClassicalParameters, classical_sct
+from bonect.converter.inference import pick_device, predict_cube
+from bonect.converter.model_folder import LoadedModel, load_model, promoted_model
+from bonect.converter.preprocess import from_cube, prepare
+from bonect.converter.volume import Volume
+from bonect.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+HU_CLIP = (-1024.0, 3071.0)
+ALL_PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+
+
+@dataclass(frozen=True)
+class Classical:
+    """The training-free map, as a conversion method."""
+
+    parameters: ClassicalParameters = ClassicalParameters()
+    name: str = "classical"
+    version: str = "1"
+    clinical_use: bool = True
+
+    @property
+    def label(self) -> str:
+        return "classical ZTE map"
+
+
+Method = Classical | LoadedModel
+
+
+def method_identity(method: Method) -> tuple[str, str, bool]:
+    """(name, version, clinical use) of a method, for labels, UIDs and the DICOM header."""
+    if isinstance(method, Classical):
+        return method.name, method.version, method.clinical_use
+    m = method.manifest
+    return m.name, m.version, m.clinical_use
+
+
+def resolve_method(spec: str, *, registry: Path | None, device: torch.device) -> Method:
+    """``classical``, a model folder, or ``auto``: the promoted model, else classical.
+
+    ``auto`` takes only what has been promoted in the registry; a model folder elsewhere (such
+    as the phantom-trained demo model) is used only when named explicitly.
+    """
+    if spec == "classical":
+        return Classical()
+    if spec == "auto":
+        folder = promoted_model(registry) if registry is not None else None
+        if folder is None:
+            logger.info("no promoted model in the registry: using the classical map")
+            return Classical()
+        return load_model(folder, device=device)
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise ModelError(f"--model {spec}: not 'auto', 'classical' or a model folder")
+    return load_model(folder, device=device)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A synthetic CT in HU on the MR grid, and the between-plane spread where there is one."""
+
+    sct: Volume
+    uncertainty: Volume | None
+
+
+def convert(
+    mr: Volume,
+    method: Method,
+    *,
+    planes: Sequence[str] = ALL_PLANES,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> Conversion:
+    """Return a synthetic CT (float32 HU, air outside the head) on the grid of `mr`."""
+    if isinstance(method, Classical):
+        return Conversion(sct=classical_sct(mr, method.parameters), uncertainty=None)
+    size = method.manifest.input_size
+    prepared = prepare(mr, size)
+    pred = predict_cube(
+        method,
+        prepared.image,
+        planes,
+        batch_size=batch_size,
+        device=device or pick_device("auto"),
+        progress=progress,
+    )
+    hu = from_cube(pred.hu, prepared.cube, mr, cval=-1000.0)
+    hu[~prepared.mask] = -1000.0
+    np.clip(hu, *HU_CLIP, out=hu)
+    uncertainty = None
+    if pred.spread is not None:
+        spread = from_cube(pred.spread, prepared.cube, mr, cval=0.0)
+        spread[~prepared.mask] = 0.0
+        uncertainty = mr.with_array(spread)
+    return Conversion(sct=mr.with_array(hu), uncertainty=uncertainty)

@@ -1,0 +1,201 @@
+"""The one preprocessing shared by inference and training, and its exact inverse.
+
+Steps: a head mask from the MR alone; intensity normalisation by the soft-tissue peak; then
+resampling onto a *model cube*: an isotropic, axis-aligned (LPS) cube of ``size``³ voxels that
+is the smallest cube around the head mask plus a margin. Resampling straight onto that cube
+makes the volume isotropic (as the paper did before slicing), crops the square around the mask
+in every plane, and resizes to the model input, in one interpolation; any acquisition plane or
+oblique orientation lands in the same anatomical frame. The cube's axes are
+(superior→inferior, anterior→posterior, right→left), so ``cube[k]`` is an axial slice as a
+radiologist displays it, ``cube[:, j]`` a coronal one and ``cube[:, :, i]`` a sagittal one.
+The inverse samples the cube back onto the MR grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from bonect.converter.volume import Volume
+
+PREPROCESSING_VERSION = "cube-1"
+F32 = npt.NDArray[np.float32]
+Mask = npt.NDArray[np.bool_]
+
+# LPS directions of the cube's axes (slice, row, column): S→I, A→P, R→L.
+_CUBE_AXES = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).T
+
+
+@dataclass(frozen=True)
+class Cube:
+    """The model cube: where it sits in patient space and its voxel size."""
+
+    size: int
+    affine: npt.NDArray[np.float64]
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(np.linalg.norm(self.affine[:3, 0]))
+
+
+def head_mask(mr: F32, spacing: tuple[float, float, float]) -> Mask:
+    """Head (body) mask from the MR alone: Otsu threshold, largest component, closed, filled."""
+    smooth = ndimage.gaussian_filter(mr.astype(np.float32), sigma=1.0)
+    threshold = otsu_threshold(smooth)
+    mask = smooth > threshold * 0.5
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.asarray(mask, dtype=bool)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    mask = labels == (int(np.argmax(sizes)) + 1)
+    # close dark structures inside the head (bone, sinuses, airway) and fill what stays enclosed
+    radius_mm = 6.0
+    structure = _ball(radius_mm, spacing)
+    pad = [(s // 2, s // 2) for s in structure.shape]
+    closed = ndimage.binary_closing(np.pad(mask, pad), structure=structure)
+    mask = closed[tuple(slice(p, -p if p else None) for p, _ in pad)]
+    mask = ndimage.binary_fill_holes(mask)
+    for k in range(mask.shape[0]):  # airways open to the outside: fill slice by slice too
+        mask[k] = ndimage.binary_fill_holes(mask[k])
+    return np.asarray(mask, dtype=bool)
+
+
+def otsu_threshold(image: F32, bins: int = 256) -> float:
+    """Otsu's threshold of an image's histogram."""
+    hist, edges = np.histogram(image, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def _ball(radius_mm: float, spacing: tuple[float, float, float]) -> Mask:
+    half = [max(1, round(radius_mm / s)) for s in spacing]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    dist2 = sum((g * s / radius_mm) ** 2 for g, s in zip(grids, spacing, strict=True))
+    return np.asarray(dist2 <= 1.0)
+
+
+def soft_tissue_peak(mr: F32, mask: Mask) -> float:
+    """The MR value of soft tissue: the histogram mode above the bone/air range inside the mask."""
+    values = mr[mask]
+    if values.size == 0:
+        return 1.0
+    high = float(np.percentile(values, 99.5))
+    if high <= 0:
+        return 1.0
+    hist, edges = np.histogram(values, bins=128, range=(0.0, high))
+    hist = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    lower = int(0.3 * len(hist))  # the soft-tissue peak lies above bone and air
+    peak = lower + int(np.argmax(hist[lower:]))
+    return float((edges[peak] + edges[peak + 1]) / 2)
+
+
+def normalise(mr: F32, mask: Mask) -> F32:
+    """MR scaled so that soft tissue is 1."""
+    return (mr / np.float32(soft_tissue_peak(mr, mask))).astype(np.float32)
+
+
+def model_cube(volume: Volume, mask: Mask, size: int, *, margin_mm: float = 6.0) -> Cube:
+    """The smallest axis-aligned cube (plus a margin) around the mask, sampled at size³."""
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        idx = np.argwhere(np.ones(mask.shape, dtype=bool))
+    corners = np.array(
+        [
+            [a, b, c]
+            for a in (idx[:, 0].min(), idx[:, 0].max())
+            for b in (idx[:, 1].min(), idx[:, 1].max())
+            for c in (idx[:, 2].min(), idx[:, 2].max())
+        ],
+        dtype=np.float64,
+    )
+    pts = volume.index_to_patient(corners) @ _CUBE_AXES  # in cube-axis coordinates
+    lo, hi = pts.min(axis=0) - margin_mm, pts.max(axis=0) + margin_mm
+    side = float(np.max(hi - lo))
+    centre = (lo + hi) / 2
+    step = side / size
+    start = centre - side / 2 + step / 2  # centre of the first voxel, in cube-axis coordinates
+    affine = np.eye(4)
+    affine[:3, :3] = _CUBE_AXES * step
+    affine[:3, 3] = _CUBE_AXES @ start
+    return Cube(size=size, affine=affine)
+
+
+def to_cube(volume: Volume, cube: Cube, *, order: int = 1, cval: float = 0.0) -> F32:
+    """Sample `volume` on the cube grid (trilinear by default)."""
+    matrix = np.linalg.inv(volume.affine) @ cube.affine  # cube index -> volume index
+    out = ndimage.affine_transform(
+        np.asarray(volume.array, dtype=np.float32),
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=(cube.size,) * 3,
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=False,
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def from_cube(cube_array: F32, cube: Cube, like: Volume, *, order: int = 1, cval: float) -> F32:
+    """The inverse of :func:`to_cube`: sample a cube array back onto the grid of `like`."""
+    matrix = np.linalg.inv(cube.affine) @ like.affine  # volume index -> cube index
+    out = ndimage.affine_transform(
+        cube_array.astype(np.float32),
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=like.shape,
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=False,
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def model_input(normalised_cube: F32) -> F32:
+    """Map normalised MR (soft tissue = 1) to the network's [0, 1] input."""
+    return np.asarray(np.clip(normalised_cube / 2.0, 0.0, 1.0), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An MR volume made ready for the model: cube input, head mask, and where the cube is."""
+
+    cube: Cube
+    image: F32  # model input in [0, 1], shape (size, size, size)
+    mask: Mask  # head mask on the MR grid
+    cube_mask: Mask  # head mask on the cube
+
+
+def prepare(mr: Volume, size: int) -> Prepared:
+    """Mask, normalise and resample an MR volume onto its model cube."""
+    data = np.asarray(mr.array, dtype=np.float32)
+    mask = head_mask(data, mr.spacing)
+    norm = normalise(data, mask)
+    cube = model_cube(mr, mask, size)
+    image = model_input(to_cube(mr.with_array(norm), cube))
+    cube_mask = to_cube(mr.with_array(mask.astype(np.float32)), cube) > 0.5
+    return Prepared(cube=cube, image=image, mask=mask, cube_mask=cube_mask)
+
+
+# Planes as axes of the cube.
+PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+
+
+def slices(cube_array: npt.NDArray[np.generic], plane: str) -> npt.NDArray[np.generic]:
+    """The cube as a stack of 2D slices of one plane: shape (n, size, size)."""
+    return np.moveaxis(cube_array, PLANE_AXIS[plane], 0)
+
+
+def unslice(stack: npt.NDArray[np.generic], plane: str) -> npt.NDArray[np.generic]:
+    """Inverse of :func:`slices`."""
+    return np.moveaxis(stack, 0, PLANE_AXIS[plane])
