@@ -113,20 +113,20 @@ def generate_case(
     rng = np.random.default_rng(pseed + 1)
     grid = acquisition.grid()
     points = _grid_points(grid)
-    labels, mineral = render_anatomy(params, points, grid.shape)
+    labels, mineral = render_anatomy(params, points, grid.shape, grid_affine=grid.affine)
     frame = _Frame(points, grid.shape, np.random.default_rng(pseed + 2))
     bias = (1.0 + 0.2 * frame.smooth_noise(cells=3, extent=160.0)).astype(np.float32)
     mr = mr_from_anatomy(labels, mineral, grid.spacing, contrast, rng, bias)
     scanner_scale = float(rng.uniform(600.0, 1800.0))  # arbitrary receiver gain
     residual = _jitter(params, rng, deg=0.8, mm=0.8)
-    ct_labels, ct_mineral = render_anatomy(residual, points, grid.shape)
+    ct_labels, ct_mineral = render_anatomy(residual, points, grid.shape, grid_affine=grid.affine)
     ct_on_mr = ct_from_anatomy(ct_labels, ct_mineral, grid.spacing, rng)
     ct: Volume | None = None
     if ct_acquisition is not None:
         other_session = _jitter(params, rng, deg=4.0, mm=8.0)
         ct_grid = ct_acquisition.grid()
         ct_points = _grid_points(ct_grid)
-        l2, m2 = render_anatomy(other_session, ct_points, ct_grid.shape)
+        l2, m2 = render_anatomy(other_session, ct_points, ct_grid.shape, grid_affine=ct_grid.affine)
         ct = ct_grid.with_array(ct_from_anatomy(l2, m2, ct_grid.spacing, rng))
     return PhantomCase(
         index=index,

@@ -78,6 +78,7 @@ def train(
     max_minutes: float = 30.0,
     steps_per_epoch: int | None = None,
     val_slices: int = 96,
+    command: str = "",
 ) -> Path:
     """Render, slice, fit and save; returns the model folder."""
     torch.manual_seed(seed)
@@ -106,7 +107,7 @@ def train(
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
-            losses.append(float(loss) * (HU_MAX - HU_MIN))
+            losses.append(float(loss.detach()) * (HU_MAX - HU_MIN))
         val = _validate(net, x_val, y_val, batch)
         history.append((epoch, float(np.mean(losses)), val))
         logger.info("epoch %d: train L1 %.1f HU, validation L1 %.1f HU", *history[-1])
@@ -136,7 +137,7 @@ def train(
             slices=len(x_train),
             epochs=epoch,
             loss="mae",
-            command=f"python -m bonect.trainer.demo_model {out} --seed {seed}",
+            command=command or f"python -m bonect.trainer.demo_model {out} --seed {seed}",
         ),
         metrics={"validation_l1_hu": round(best_val, 2), "parameters": count_parameters(net)},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -179,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         steps_per_epoch=args.steps_per_epoch,
+        command=" ".join(["python -m bonect.trainer.demo_model", *(argv or sys.argv[1:])]),
     )
     print(folder)
     return 0
