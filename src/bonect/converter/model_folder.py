@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -106,6 +107,8 @@ def load_model(folder: Path, *, device: torch.device | str = "cpu") -> LoadedMod
         network.load_state_dict(state, strict=True)
     except FileNotFoundError:
         raise ModelError(f"{folder}: no {WEIGHTS}") from None
+    except SafetensorError as exc:
+        raise ModelError(f"{folder}: {WEIGHTS} is not a safetensors file ({exc})") from exc
     except (OSError, RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         raise ModelError(f"{folder}: weights do not fit the manifest ({first})") from exc

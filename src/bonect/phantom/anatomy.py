@@ -209,7 +209,7 @@ def render_anatomy(
     if grid_affine is not None:  # local = index @ L + b
         linear = grid_affine[:3, :3].T @ rot / params.scale
         offset = (grid_affine[:3, 3] - shift) @ rot / params.scale
-        to_index = (np.linalg.inv(linear), offset)
+        to_index = (np.asarray(np.linalg.inv(linear), dtype=np.float64), offset)
     f = _Frame(
         local.astype(np.float32),
         shape,

@@ -91,6 +91,11 @@ def train(
     x_val, y_val = x_val[pick], y_val[pick]
     logger.info("%d training and %d validation slices", len(x_train), len(x_val))
     net = LightUNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # start the sigmoid at the mean target, not at 0.5 (~1000 HU): L1's gradient is only a sign,
+    # so a saturated start costs epochs
+    mean_target = float(np.clip(y_train.astype(np.float32).mean(), 1e-3, 1 - 1e-3))
+    with torch.no_grad():
+        net.head.bias.fill_(float(np.log(mean_target / (1 - mean_target))))
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     best_state, best_val, history = copy.deepcopy(net.state_dict()), float("inf"), []
     started = time.monotonic()

@@ -1,0 +1,212 @@
+"""Sends and model versions in the catalog: one row per sCT instance per destination, and models.
+
+Sends are planned (one ``pending`` row per instance and destination) before the first attempt,
+so that a series half-sent when the process died resumes with exactly the instances not yet
+stored, never duplicating one. The functions take a session inside a write transaction and never
+commit; :class:`SendLedger` wraps each in its own transaction and is mixed into
+:class:`bonect.catalog.queue.Catalog`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bonect.catalog.models import ModelVersion, Send, SendStatus
+from bonect.catalog.records import JobRef, ModelVersionRecord, SendRecord, job_id_of
+
+logger = logging.getLogger(__name__)
+
+
+def plan_sends(
+    session: Session,
+    job_id: int,
+    instances: Iterable[tuple[str, Path]],
+    destinations: Sequence[str],
+    now: datetime,
+) -> int:
+    """Add a pending send per (instance, destination) pair not yet planned; returns how many."""
+    existing = {
+        (uid, destination)
+        for uid, destination in session.execute(
+            select(Send.sop_instance_uid, Send.destination).where(Send.job_id == job_id)
+        ).all()
+    }
+    added = 0
+    for sop_instance_uid, path in instances:
+        for destination in destinations:
+            if (sop_instance_uid, destination) in existing:
+                continue
+            session.add(
+                Send(
+                    job_id=job_id,
+                    sop_instance_uid=sop_instance_uid,
+                    path=str(path),
+                    destination=destination,
+                    status=SendStatus.PENDING,
+                    attempts=0,
+                    updated_at=now,
+                )
+            )
+            existing.add((sop_instance_uid, destination))
+            added += 1
+    session.flush()
+    return added
+
+
+def record_send(
+    session: Session,
+    job_id: int,
+    sop_instance_uid: str,
+    destination: str,
+    *,
+    status: SendStatus,
+    status_code: int | None,
+    error: str | None,
+    now: datetime,
+    path: Path | None = None,
+) -> SendRecord:
+    """Record one attempt to send an instance to a destination (creating its row if unplanned)."""
+    send = session.scalar(
+        select(Send)
+        .where(
+            Send.job_id == job_id,
+            Send.sop_instance_uid == sop_instance_uid,
+            Send.destination == destination,
+        )
+        .with_for_update()
+    )
+    if send is None:
+        if path is None:
+            raise ValueError(
+                f"job {job_id}: send of {sop_instance_uid} to {destination} was never planned"
+            )
+        send = Send(
+            job_id=job_id,
+            sop_instance_uid=sop_instance_uid,
+            path=str(path),
+            destination=destination,
+            attempts=0,
+        )
+        session.add(send)
+    send.status = status
+    send.attempts = (send.attempts or 0) + 1
+    send.last_status_code = status_code
+    send.last_error = error
+    send.updated_at = now
+    if path is not None:
+        send.path = str(path)
+    session.flush()
+    return SendRecord.from_row(send)
+
+
+def list_sends(session: Session, job_id: int, *, pending_only: bool) -> list[SendRecord]:
+    """The sends of a job, by destination then instance; only those not stored if asked."""
+    query = select(Send).where(Send.job_id == job_id)
+    if pending_only:
+        query = query.where(Send.status == SendStatus.PENDING)
+    query = query.order_by(Send.destination, Send.id)
+    return [SendRecord.from_row(row) for row in session.scalars(query)]
+
+
+def record_model_version(
+    session: Session, *, name: str, version: str, folder: Path, promoted_at: datetime | None
+) -> ModelVersionRecord:
+    """Add a model version, or update the folder and promotion time of a known one."""
+    row = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    )
+    if row is None:
+        row = ModelVersion(name=name, version=version)
+        session.add(row)
+    row.folder = str(folder)
+    row.promoted_at = promoted_at
+    session.flush()
+    return ModelVersionRecord(name, version, Path(row.folder), row.promoted_at)
+
+
+def current_model_version(session: Session) -> ModelVersionRecord | None:
+    """The model version promoted last, or None when none was ever promoted."""
+    row = session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.promoted_at.is_not(None))
+        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+        .limit(1)
+    )
+    if row is None:
+        return None
+    return ModelVersionRecord(row.name, row.version, Path(row.folder), row.promoted_at)
+
+
+class SendLedger:
+    """The send and model-version methods of :class:`~bonect.catalog.queue.Catalog`."""
+
+    _read: sessionmaker[Session]
+    _write: sessionmaker[Session]
+
+    def plan_sends(
+        self,
+        job: JobRef,
+        instances: Iterable[tuple[str, Path]],
+        destinations: Sequence[str],
+        *,
+        now: datetime,
+    ) -> int:
+        """Plan a pending send per (SOP Instance UID, path) and destination; returns how many."""
+        with self._write.begin() as session:
+            return plan_sends(session, job_id_of(job), instances, destinations, now)
+
+    def record_send(
+        self,
+        job: JobRef,
+        sop_instance_uid: str,
+        destination: str,
+        *,
+        status: SendStatus,
+        now: datetime,
+        status_code: int | None = None,
+        error: str | None = None,
+        path: Path | None = None,
+    ) -> SendRecord:
+        """Record one send attempt: the new status, the DICOM status code or the error."""
+        with self._write.begin() as session:
+            return record_send(
+                session,
+                job_id_of(job),
+                sop_instance_uid,
+                destination,
+                status=status,
+                status_code=status_code,
+                error=error,
+                now=now,
+                path=path,
+            )
+
+    def pending_sends(self, job: JobRef) -> list[SendRecord]:
+        """The sends of a job not yet stored (nor given up), by destination."""
+        with self._read() as session:
+            return list_sends(session, job_id_of(job), pending_only=True)
+
+    def sends(self, job: JobRef) -> list[SendRecord]:
+        """Every send of a job, whatever its status."""
+        with self._read() as session:
+            return list_sends(session, job_id_of(job), pending_only=False)
+
+    def record_model_version(
+        self, *, name: str, version: str, folder: Path, promoted_at: datetime | None
+    ) -> ModelVersionRecord:
+        """Add or update a model version (``promoted_at`` None: known but not promoted)."""
+        with self._write.begin() as session:
+            return record_model_version(
+                session, name=name, version=version, folder=folder, promoted_at=promoted_at
+            )
+
+    def current_model_version(self) -> ModelVersionRecord | None:
+        """The model version promoted last, or None."""
+        with self._read() as session:
+            return current_model_version(session)

@@ -1,0 +1,1 @@
+"""The DICOM node: receive, settle, convert, send."""

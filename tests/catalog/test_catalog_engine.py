@@ -1,0 +1,72 @@
+"""Opening the catalog: URL, SQLite pragmas and transactions, and UTC times."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import StatementError
+
+from bonect.catalog import Catalog, catalog_url, open_engine
+from catalog.catalog_support import START, header
+
+
+def test_catalog_url_defaults_to_sqlite_in_storage(tmp_path: Path) -> None:
+    assert catalog_url(tmp_path, "") == f"sqlite:///{tmp_path.resolve()}/catalog.sqlite3"
+    assert catalog_url(tmp_path, " postgresql://x/y ") == "postgresql://x/y"
+
+
+def test_sqlite_pragmas_and_tables(tmp_path: Path) -> None:
+    engine = open_engine(catalog_url(tmp_path / "new" / "dir", ""))
+    assert (tmp_path / "new" / "dir" / "catalog.sqlite3").is_file()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        tables = {
+            row[0]
+            for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    assert {"studies", "series", "instances", "jobs", "sends", "model_versions"} <= tables
+    engine.dispose()
+
+
+def test_write_transactions_begin_immediate(catalog: Catalog) -> None:
+    statements: list[str] = []
+
+    def note(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(catalog.engine, "before_cursor_execute", note)
+    with catalog.writing() as session:
+        session.execute(text("SELECT 1"))
+    with catalog.reading() as session:
+        session.execute(text("SELECT 1"))
+    assert statements == ["BEGIN IMMEDIATE", "SELECT 1", "BEGIN", "SELECT 1"]
+
+
+def test_reopening_a_file_keeps_its_rows(db_url: str) -> None:
+    first = Catalog.open(db_url)
+    first.record_instance(header(), Path("/a/1.dcm"), received_at=START)
+    first.close()
+    again = Catalog.open(db_url)
+    assert [i.sop_instance_uid for i in again.instances(header().series_uid)] == [
+        header().sop_instance_uid
+    ]
+    again.close()
+
+
+def test_times_come_back_aware_utc(catalog: Catalog) -> None:
+    record = catalog.record_instance(header(), Path("/a/1.dcm"), received_at=START)
+    series = catalog.series(record.series_uid)
+    assert series is not None
+    assert series.first_received_at == START
+    assert series.first_received_at.tzinfo is not None
+
+
+def test_naive_times_are_refused(catalog: Catalog) -> None:
+    with pytest.raises(StatementError, match="naive datetime"):
+        catalog.record_instance(header(), Path("/a/1.dcm"), received_at=datetime(2026, 1, 1))

@@ -1,0 +1,86 @@
+"""Sends (one row per sCT instance per destination) and model versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bonect.catalog import Catalog, JobRecord, SendStatus
+from catalog.catalog_support import FakeClock, receive, series_headers
+
+INSTANCES = [(f"2.25.{k}", Path(f"/out/{k}.dcm")) for k in range(3)]
+
+
+@pytest.fixture
+def job(catalog: Catalog, clock: FakeClock) -> JobRecord:
+    receive(catalog, series_headers(3), clock.now())
+    catalog.enqueue_job(series_headers(1)[0].series_uid, clock.now())
+    claimed = catalog.claim_next(clock.now(), "w1")
+    assert claimed is not None
+    return claimed
+
+
+def test_planned_sends_are_pending(catalog: Catalog, clock: FakeClock, job: JobRecord) -> None:
+    assert catalog.plan_sends(job, INSTANCES, ["pacs", "backup"], now=clock.now()) == 6
+    assert catalog.plan_sends(job, INSTANCES, ["pacs", "backup"], now=clock.now()) == 0
+    pending = catalog.pending_sends(job)
+    assert len(pending) == 6
+    assert {s.status for s in pending} == {SendStatus.PENDING}
+    assert [s.destination for s in pending] == ["backup"] * 3 + ["pacs"] * 3
+
+
+def test_half_sent_series_resumes_with_the_rest(
+    catalog: Catalog, clock: FakeClock, job: JobRecord
+) -> None:
+    catalog.plan_sends(job, INSTANCES, ["pacs"], now=clock.now())
+    catalog.record_send(
+        job, "2.25.0", "pacs", status=SendStatus.STORED, status_code=0, now=clock.now()
+    )
+    failed = catalog.record_send(
+        job.id,
+        "2.25.1",
+        "pacs",
+        status=SendStatus.PENDING,
+        error="timeout",
+        now=clock.advance(30),
+    )
+    assert failed.attempts == 1 and failed.last_error == "timeout"
+    # the process dies here; a new one asks what is left
+    left = catalog.pending_sends(job.id)
+    assert [s.sop_instance_uid for s in left] == ["2.25.1", "2.25.2"]
+    stored = catalog.record_send(
+        job, "2.25.1", "pacs", status=SendStatus.STORED, status_code=0xB000, now=clock.advance(1)
+    )
+    assert stored.attempts == 2 and stored.last_status_code == 0xB000
+    assert [s.sop_instance_uid for s in catalog.pending_sends(job)] == ["2.25.2"]
+    assert len(catalog.sends(job)) == 3
+
+
+def test_unplanned_send_needs_a_path(catalog: Catalog, clock: FakeClock, job: JobRecord) -> None:
+    with pytest.raises(ValueError, match="never planned"):
+        catalog.record_send(job, "2.25.9", "pacs", status=SendStatus.STORED, now=clock.now())
+    record = catalog.record_send(
+        job,
+        "2.25.9",
+        "pacs",
+        status=SendStatus.FAILED,
+        status_code=0xA700,
+        now=clock.now(),
+        path=Path("/out/9.dcm"),
+    )
+    assert record.path == Path("/out/9.dcm") and record.status is SendStatus.FAILED
+
+
+def test_model_versions(catalog: Catalog, clock: FakeClock) -> None:
+    assert catalog.current_model_version() is None
+    catalog.record_model_version(name="light", version="1", folder=Path("/m/1"), promoted_at=None)
+    assert catalog.current_model_version() is None
+    catalog.record_model_version(
+        name="light", version="1", folder=Path("/m/1"), promoted_at=clock.now()
+    )
+    catalog.record_model_version(
+        name="light", version="2", folder=Path("/m/2"), promoted_at=clock.advance(60)
+    )
+    current = catalog.current_model_version()
+    assert current is not None and current.version == "2" and current.folder == Path("/m/2")

@@ -1,0 +1,185 @@
+"""Settle: quiet time, early settle on release with complete geometry, re-opening, roles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bonect.catalog import Catalog, JobState, Role, SettleState, catalog_url
+from bonect.catalog.records import SeriesGeometry
+from bonect.daemon.rules import RulesConfig
+from bonect.daemon.settle import is_geometry_complete, series_is_complete, settle_once
+from catalog.catalog_support import (
+    AXIAL,
+    SAGITTAL,
+    FakeClock,
+    header,
+    receive,
+    series_headers,
+)
+
+RULES = RulesConfig()
+QUIET = 60.0
+MR = "1.2.826.0.1.3680043.8.498.100"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    opened = Catalog.open(catalog_url(tmp_path, ""))
+    yield opened
+    opened.close()
+
+
+def stack(n: int, spacing: float = 1.5, start: float = 0.0) -> list[tuple[float, float, float]]:
+    return [(0.0, 0.0, start + k * spacing) for k in range(n)]
+
+
+# -- is_geometry_complete -----------------------------------------------------------------------
+
+
+def test_contiguous_stack_in_any_order_is_complete() -> None:
+    positions = stack(10)
+    assert is_geometry_complete(positions, AXIAL, None)
+    assert is_geometry_complete(list(reversed(positions)), AXIAL, 10)
+    assert is_geometry_complete(positions[3:] + positions[:3], AXIAL, None)
+
+
+def test_missing_slice_is_incomplete() -> None:
+    positions = stack(10)
+    del positions[4]
+    assert not is_geometry_complete(positions, AXIAL, None)
+
+
+def test_count_must_match_the_expected_count() -> None:
+    assert not is_geometry_complete(stack(8), AXIAL, 10)  # slices 9 and 10 not received yet
+    assert is_geometry_complete(stack(10), AXIAL, 10)
+
+
+def test_spacing_is_measured_along_the_slice_normal() -> None:
+    sagittal = [(-k * 1.2, 5.0, 7.0) for k in range(6)]  # normal of SAGITTAL is -x
+    assert is_geometry_complete(sagittal, SAGITTAL, 6)
+    assert not is_geometry_complete(sagittal, AXIAL, 6)  # all at one depth along z
+
+
+def test_small_rounding_is_tolerated_but_uneven_spacing_is_not() -> None:
+    rounded = [(0.0, 0.0, round(k * 1.333333, 3)) for k in range(12)]
+    assert is_geometry_complete(rounded, AXIAL, None)
+    uneven = [*stack(5), (0.0, 0.0, 5 * 1.5 + 0.3)]
+    assert not is_geometry_complete(uneven, AXIAL, None)
+
+
+def test_degenerate_input_is_incomplete() -> None:
+    assert not is_geometry_complete([], AXIAL, None)
+    assert not is_geometry_complete(stack(3), (1.0, 0.0, 0.0, 1.0, 0.0, 0.0), None)
+    assert not is_geometry_complete(stack(3), AXIAL[:5], None)
+    assert not is_geometry_complete([(0.0, 0.0, 1.0)] * 4, AXIAL, None)  # stacked duplicates
+    assert not is_geometry_complete([(0.0, 0.0, float("nan")), (0.0, 0.0, 1.0)], AXIAL, None)
+
+
+def test_single_slice() -> None:
+    assert is_geometry_complete(stack(1), AXIAL, None)
+    assert is_geometry_complete(stack(1), AXIAL, 1)
+    assert not is_geometry_complete(stack(1), AXIAL, 2)
+
+
+def test_series_geometry_checks() -> None:
+    complete = SeriesGeometry(MR, tuple(stack(4)), (AXIAL,) * 4, (1,) * 4, None)
+    assert series_is_complete(complete)
+    assert not series_is_complete(replace(complete, positions=(*stack(3), None)))
+    tilted = (1.0, 0.0, 0.0, 0.0, 0.9, 0.1)
+    assert not series_is_complete(replace(complete, orientations=(*(AXIAL,) * 3, tilted)))
+    enhanced = SeriesGeometry(MR, (stack(1)[0],), (AXIAL,), (40,), 40)
+    assert series_is_complete(enhanced)
+    assert not series_is_complete(replace(enhanced, expected_count=None))
+
+
+# -- settle_once ----------------------------------------------------------------------------
+
+
+def test_settles_after_the_quiet_time(catalog: Catalog, clock: FakeClock) -> None:
+    receive(catalog, series_headers(5), clock.now())
+    assert settle_once(catalog, RULES, clock.advance(QUIET - 1), quiet_seconds=QUIET) == []
+    receive(catalog, [header(index=5)], clock.now())  # a late slice restarts the timer
+    assert settle_once(catalog, RULES, clock.advance(QUIET - 1), quiet_seconds=QUIET) == []
+    (job_id,) = settle_once(catalog, RULES, clock.advance(1), quiet_seconds=QUIET)
+    job = catalog.job(job_id)
+    assert job is not None and job.state is JobState.QUEUED and job.series_uid == MR
+    series = catalog.series(MR)
+    assert series is not None and series.settle_state is SettleState.SETTLED
+    assert series.role is Role.CONVERT and series.settled_at == clock.now()
+    assert settle_once(catalog, RULES, clock.advance(QUIET), quiet_seconds=QUIET) == []
+
+
+def test_settles_early_on_release_with_complete_geometry(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    receive(catalog, series_headers(6, expected=6), clock.now(), association_id="a1")
+    assert settle_once(catalog, RULES, clock.advance(1), quiet_seconds=QUIET) == []  # open
+    catalog.association_released("a1", clock.advance(1))
+    (job_id,) = settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET)
+    assert catalog.job(job_id) is not None
+
+
+def test_not_early_when_a_slice_is_missing(catalog: Catalog, clock: FakeClock) -> None:
+    headers = series_headers(6)
+    receive(catalog, headers[:3] + headers[4:], clock.now(), association_id="a1")
+    catalog.association_released("a1", clock.advance(1))
+    assert settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET) == []
+    # the quiet timer settles it anyway; the converter judges the geometry then
+    assert len(settle_once(catalog, RULES, clock.advance(QUIET), quiet_seconds=QUIET)) == 1
+
+
+def test_not_early_before_the_expected_count(catalog: Catalog, clock: FakeClock) -> None:
+    receive(catalog, series_headers(4, expected=6), clock.now(), association_id="a1")
+    catalog.association_released("a1", clock.advance(1))
+    assert settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET) == []
+    receive(catalog, [header(index=4, expected=6)], clock.advance(1), association_id="a2")
+    receive(catalog, [header(index=5, expected=6)], clock.now(), association_id="a2")
+    assert settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET) == []  # a2 still open
+    catalog.association_released("a2", clock.now())
+    assert len(settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET)) == 1
+
+
+def test_enhanced_mr_settles_on_release(catalog: Catalog, clock: FakeClock) -> None:
+    enhanced = replace(header(), number_of_frames=40, images_in_acquisition=None)
+    receive(catalog, [enhanced], clock.now(), association_id="a1")
+    catalog.association_released("a1", clock.advance(1))
+    assert len(settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET)) == 1
+
+
+def test_reopened_series_is_converted_again(catalog: Catalog, clock: FakeClock) -> None:
+    receive(catalog, series_headers(4), clock.now(), association_id="a1")
+    catalog.association_released("a1", clock.advance(1))
+    (first,) = settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET)
+    job = catalog.claim_next(clock.now(), "w1")
+    assert job is not None and job.id == first
+    catalog.finish(job, now=clock.advance(10))
+    receive(catalog, [header(index=4)], clock.advance(5), association_id="a2")  # one more
+    series = catalog.series(MR)
+    assert series is not None and series.settle_state is SettleState.OPEN
+    catalog.association_released("a2", clock.advance(1))
+    (second,) = settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET)
+    assert second != first
+    again = catalog.claim_next(clock.now(), "w1")
+    assert again is not None and again.id == second and again.generation == 2
+
+
+def test_roles_of_a_mixed_delivery(catalog: Catalog, clock: FakeClock) -> None:
+    receive(catalog, series_headers(4, MR), clock.now())
+    receive(catalog, series_headers(4, "1.2.3.20", description="T1 MPRAGE"), clock.now())
+    ct = series_headers(4, "1.2.3.30", modality="CT", description="CT head neck bone kernel")
+    receive(catalog, ct, clock.now())
+    queued = settle_once(catalog, RULES, clock.advance(QUIET), quiet_seconds=QUIET)
+    assert len(queued) == 1
+    roles = {s.series_uid: s.role for s in catalog.list_series()}
+    assert roles == {MR: Role.CONVERT, "1.2.3.20": Role.IGNORE, "1.2.3.30": Role.KEEP_CT}
+    kept = catalog.list_series(role=Role.KEEP_CT)
+    assert [s.series_uid for s in kept] == ["1.2.3.30"]
