@@ -6,13 +6,15 @@ relative to that file. :func:`load_config` reports every problem as ``section.ke
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from bonect.daemon.rules import RulesConfig
 from bonect.errors import ConfigError
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -27,6 +29,42 @@ class NodeConfig(BaseModel, frozen=True, extra="forbid"):
 
 class StorageConfig(BaseModel, frozen=True, extra="forbid"):
     dir: Path = Path("var")
+    reserve_mb: int = Field(default=1024, ge=0)  # refuse new data below this much free disk
+    retention_days: float = Field(default=30.0, ge=0)  # 0 keeps processed data forever
+
+
+class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
+    allowed_ae_titles: tuple[str, ...] = ()  # empty: any calling AE title
+    allowed_networks: tuple[str, ...] = ()  # CIDR or addresses; empty: loopback only
+    allow_any_peer: bool = False  # needed to listen beyond loopback without an allow-list
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # when set, peers must present a certificate it signed
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SecurityConfig:
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        for text in self.allowed_networks:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allowed_networks: {exc}") from None
+        return self
+
+
+class SenderConfig(BaseModel, frozen=True, extra="forbid"):
+    send_back_to_sender: bool = False  # also C-STORE the sCT to the node that sent the MR
+    retry_initial_seconds: float = Field(default=10.0, gt=0)
+    retry_max_seconds: float = Field(default=1800.0, gt=0)
+    max_attempts: int = Field(default=50, ge=1)  # then the job fails and waits for an operator
+    dimse_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class MetricsConfig(BaseModel, frozen=True, extra="forbid"):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)  # Prometheus /metrics; 0 picks a free port
+    enabled: bool = True
 
 
 class CatalogConfig(BaseModel, frozen=True, extra="forbid"):
@@ -53,11 +91,28 @@ class Destination(BaseModel, frozen=True, extra="forbid"):
 
 class Config(BaseModel, frozen=True, extra="forbid"):
     node: NodeConfig = NodeConfig()
+    security: SecurityConfig = SecurityConfig()
     storage: StorageConfig = StorageConfig()
     catalog: CatalogConfig = CatalogConfig()
     settle: SettleConfig = SettleConfig()
     converter: ConverterConfig = ConverterConfig()
+    rules: RulesConfig = RulesConfig()
+    sender: SenderConfig = SenderConfig()
+    metrics: MetricsConfig = MetricsConfig()
     destinations: tuple[Destination, ...] = ()
+
+    @model_validator(mode="after")
+    def _exposure(self) -> Config:
+        exposed = self.node.host not in ("127.0.0.1", "::1", "localhost")
+        if exposed and not self.security.allowed_networks and not self.security.allow_any_peer:
+            raise ValueError(
+                f"node.host {self.node.host!r} listens beyond this machine: set "
+                "security.allowed_networks, or security.allow_any_peer = true"
+            )
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("destinations: names must be unique")
+        return self
 
     @property
     def model_registry(self) -> Path:
@@ -65,11 +120,27 @@ class Config(BaseModel, frozen=True, extra="forbid"):
         return self.storage.dir / "models"
 
 
+def _resolve(path: Path | None, base: Path) -> Path | None:
+    if path is None or path.is_absolute():
+        return path
+    return (base / path).resolve()
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
-    storage_dir = config.storage.dir
-    if not storage_dir.is_absolute():
-        storage_dir = (base / storage_dir).resolve()
-    return config.model_copy(update={"storage": StorageConfig(dir=storage_dir)})
+    storage = config.storage.model_copy(update={"dir": _resolve(config.storage.dir, base)})
+    security = config.security.model_copy(
+        update={
+            "tls_certificate": _resolve(config.security.tls_certificate, base),
+            "tls_key": _resolve(config.security.tls_key, base),
+            "tls_ca": _resolve(config.security.tls_ca, base),
+        }
+    )
+    return config.model_copy(update={"storage": storage, "security": security})
+
+
+def _error_line(loc: tuple[int | str, ...], message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    return f"{'.'.join(map(str, loc))}: {message}" if loc else message
 
 
 def load_config(path: Path) -> Config:
@@ -81,7 +152,7 @@ def load_config(path: Path) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        lines = (f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        lines = (_error_line(e["loc"], e["msg"]) for e in exc.errors())
         raise ConfigError(f"{path}:\n  " + "\n  ".join(lines)) from exc
     return _resolve_paths(config, path.resolve().parent)
 

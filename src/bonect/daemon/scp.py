@@ -1,0 +1,424 @@
+"""The Storage SCP: who may associate, and what a C-STORE does (archive, record, status).
+
+:meth:`StorageServer.start` runs a pynetdicom acceptor in its own threads (port 0 allowed) for
+C-ECHO and C-STORE of every storage SOP class, in the transfer syntaxes of
+:data:`ACCEPTED_TRANSFER_SYNTAXES`. A C-STORE writes the encoded bytes as received through the
+:class:`~bonect.daemon.archive.Archive`, records the instance with an :class:`InstanceSink`,
+and only then answers 0x0000. It answers 0xA700 when the disk is under the reserve or the sink
+(the catalog) fails, 0xC210 when the header cannot be understood, and never raises.
+
+Association requests are checked against an :class:`AccessPolicy` before negotiation and
+refused with an A-ASSOCIATE-RJ that says why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, cast
+
+from pydicom import uid as dicom_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from bonect.daemon.archive import Archive, InstanceRef
+from bonect.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Uncompressed, deflated, RLE, JPEG (lossless and lossy), JPEG-LS and JPEG 2000.
+ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    dicom_uid.ExplicitVRLittleEndian,
+    dicom_uid.ImplicitVRLittleEndian,
+    dicom_uid.DeflatedExplicitVRLittleEndian,
+    dicom_uid.ExplicitVRBigEndian,
+    dicom_uid.RLELossless,
+    dicom_uid.JPEGLosslessSV1,  # 1.2.840.10008.1.2.4.70
+    dicom_uid.JPEGLossless,  # 1.2.840.10008.1.2.4.57
+    dicom_uid.JPEGLSLossless,
+    dicom_uid.JPEGLSNearLossless,
+    dicom_uid.JPEG2000Lossless,
+    dicom_uid.JPEG2000,
+    dicom_uid.JPEGBaseline8Bit,
+    dicom_uid.JPEGExtended12Bit,
+)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
+_REJECT_ADDRESS = (0x01, 0x01, 0x01)  # permanent, service user, no reason given
+_REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+_REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
+_REJECT_DISK = (0x02, 0x03, 0x02)  # transient, service provider, local limit exceeded
+_REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # transient, service user, no reason given
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class InstanceSink(Protocol):
+    """Where the SCP reports what it archived (the catalog, wired by the daemon)."""
+
+    def record(
+        self,
+        ref: InstanceRef,
+        path: Path,
+        received_at: datetime,
+        association_id: str,
+        calling_ae: str,
+        peer_address: str,
+    ) -> None:
+        """Record one archived instance; raise if it could not be recorded durably."""
+
+    def association_ended(self, association_id: str, at: datetime) -> None:
+        """An association that sent at least one archived instance was released or aborted."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """Who may associate. ``None`` allows anyone; an empty collection allows no one."""
+
+    calling_ae_titles: frozenset[str] | None = None
+    networks: tuple[IPNetwork, ...] | None = None
+
+    @classmethod
+    def build(
+        cls, *, calling_ae_titles: Iterable[str] | None, networks: Iterable[str] | None
+    ) -> AccessPolicy:
+        """Build a policy from config strings (``"10.1.2.0/24"``, ``"192.168.1.7"``, ``"::1"``).
+
+        Raises
+        ------
+        ConfigError
+            An address or network cannot be parsed.
+        """
+        parsed: tuple[IPNetwork, ...] | None = None
+        if networks is not None:
+            items = []
+            for text in networks:
+                try:
+                    items.append(ipaddress.ip_network(text.strip(), strict=False))
+                except ValueError as exc:
+                    raise ConfigError(f"not an address or network: {text!r}") from exc
+            parsed = tuple(items)
+        titles = (
+            None if calling_ae_titles is None else frozenset(t.strip() for t in calling_ae_titles)
+        )
+        return cls(calling_ae_titles=titles, networks=parsed)
+
+    def allows_address(self, address: str) -> bool:
+        """Whether a peer at ``address`` (IPv4, IPv6 or IPv4-mapped IPv6) may associate."""
+        if self.networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        candidates = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        return any(
+            c in net for c in candidates for net in self.networks if c.version == net.version
+        )
+
+    def allows_calling_ae(self, ae_title: str) -> bool:
+        """Whether a peer calling itself ``ae_title`` may associate."""
+        return self.calling_ae_titles is None or ae_title.strip() in self.calling_ae_titles
+
+
+def server_tls_context(
+    cert_file: Path, key_file: Path, ca_file: Path | None = None
+) -> ssl.SSLContext:
+    """A DICOM TLS server context (TLS 1.2+); with ``ca_file``, clients must present a
+    certificate signed by it (mutual TLS, as the DICOM secure transport profiles do)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    context.verify_mode = ssl.CERT_REQUIRED if ca_file is not None else ssl.CERT_NONE
+    return context
+
+
+def set_nodelay(event: Event) -> None:
+    """EVT_CONN_OPEN handler: switch Nagle's algorithm off on the association's socket."""
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Handlers:
+    """The event handlers of one server; holds the association ids, nothing global."""
+
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        archive: Archive,
+        sink: InstanceSink,
+        policy: AccessPolicy,
+        reserve_bytes: int,
+        free_bytes: Callable[[], int],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.ae_title = ae_title
+        self.archive = archive
+        self.sink = sink
+        self.policy = policy
+        self.reserve_bytes = reserve_bytes
+        self.free_bytes = free_bytes
+        self.clock = clock
+        self._ids: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def _disk_low(self) -> bool:
+        try:
+            return self.free_bytes() < self.reserve_bytes
+        except Exception:
+            logger.exception("cannot read free disk space")
+            return True
+
+    def _association_id(self, assoc: Association) -> str:
+        with self._lock:
+            if (existing := self._ids.get(assoc)) is None:
+                existing = self._ids[assoc] = uuid.uuid4().hex
+            return existing
+
+    def on_requested(self, event: Event) -> None:
+        """Refuse, before negotiation, a peer the policy does not allow or a full disk."""
+        assoc = event.assoc
+        calling = address = "?"
+        try:
+            request = assoc.requestor.primitive
+            if request is None:
+                raise ValueError("no A-ASSOCIATE-RQ")
+            calling = str(request.calling_ae_title).strip()
+            called = str(request.called_ae_title).strip()
+            address = assoc.requestor.address
+            reason, why = self._refusal(calling, called, address)
+        except Exception as exc:  # fail closed: pynetdicom would accept if this raised
+            logger.exception("cannot check an association request")
+            reason, why = _REJECT_TRANSIENT, f"check failed ({exc!r})"
+        if reason is None:
+            return
+        logger.warning("refusing association from %r at %s: %s", calling, address, why)
+        assoc.acse.send_reject(*reason)
+        assoc.kill()  # as pynetdicom's own rejections: wait for the peer to close
+
+    def _refusal(
+        self, calling: str, called: str, address: str
+    ) -> tuple[tuple[int, int, int] | None, str]:
+        if not self.policy.allows_address(address):
+            return _REJECT_ADDRESS, "source address not allowed"
+        if called != self.ae_title:
+            return _REJECT_CALLED_AE, f"called AE {called!r} is not ours"
+        if not self.policy.allows_calling_ae(calling):
+            return _REJECT_CALLING_AE, "calling AE not allowed"
+        if self._disk_low():
+            return _REJECT_DISK, "free disk under the reserve"
+        return None, ""
+
+    def on_echo(self, event: Event) -> int:
+        """C-ECHO: always success once associated."""
+        return SUCCESS
+
+    def on_store(self, event: Event) -> int:
+        """C-STORE: archive the bytes as received, record them, then answer; never raises."""
+        try:
+            return self._store(event)
+        except Exception:  # the boundary: a status for the peer, never an exception
+            logger.exception("unexpected failure storing an instance")
+            return OUT_OF_RESOURCES
+
+    def _store(self, event: Event) -> int:
+        received_at = self.clock()
+        requestor = event.assoc.requestor
+        if self._disk_low():
+            logger.warning(
+                "C-STORE from %r refused: free disk under the reserve", requestor.ae_title
+            )
+            return OUT_OF_RESOURCES
+        request = cast(C_STORE, event.request)
+        try:
+            ref = InstanceRef.from_dataset(
+                event.dataset, transfer_syntax_uid=event.context.transfer_syntax
+            )
+        except Exception as exc:
+            logger.warning("C-STORE from %r not understood: %s", requestor.ae_title, exc)
+            return CANNOT_UNDERSTAND
+        if ref.sop_instance_uid != str(request.AffectedSOPInstanceUID).rstrip("\x00 "):
+            logger.warning(
+                "C-STORE %s: SOP Instance UID differs from the request's", ref.sop_instance_uid
+            )
+            return CANNOT_UNDERSTAND
+        if ref.sop_class_uid != str(request.AffectedSOPClassUID).rstrip("\x00 "):
+            logger.warning(
+                "C-STORE %s: SOP Class UID differs from the request's", ref.sop_instance_uid
+            )
+            return DATASET_MISMATCH
+        try:
+            path = self.archive.write(ref, event.encoded_dataset())
+        except Exception:
+            logger.exception("could not archive %s", ref.sop_instance_uid)
+            return OUT_OF_RESOURCES
+        association_id = self._association_id(event.assoc)
+        try:
+            self.sink.record(
+                ref=ref,
+                path=path,
+                received_at=received_at,
+                association_id=association_id,
+                calling_ae=requestor.ae_title,
+                peer_address=requestor.address,
+            )
+        except Exception:  # the catalog is unavailable: the peer will send again
+            logger.exception("could not record %s", ref.sop_instance_uid)
+            return OUT_OF_RESOURCES
+        return SUCCESS
+
+    def on_ended(self, event: Event) -> None:
+        """Association released or aborted: tell the sink, once, if it delivered anything."""
+        with self._lock:
+            association_id = self._ids.pop(event.assoc, None)
+        if association_id is None:
+            return
+        try:
+            self.sink.association_ended(association_id, self.clock())
+        except Exception:
+            logger.exception("could not record the end of association %s", association_id)
+
+
+class StorageServer:
+    """A running Storage SCP; get one with :meth:`start`, end it with :meth:`stop`."""
+
+    def __init__(self, ae: AE, server: ThreadedAssociationServer, ae_title: str) -> None:
+        self._ae = ae
+        self._server = server
+        self._ae_title = ae_title
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        ae_title: str,
+        host: str,
+        port: int,
+        archive: Archive,
+        sink: InstanceSink,
+        policy: AccessPolicy | None = None,
+        reserve_bytes: int = 0,
+        free_bytes: Callable[[], int] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        ssl_context: ssl.SSLContext | None = None,
+        max_associations: int = 10,
+        network_timeout: float = 60.0,
+        maximum_pdu_size: int = 0,
+    ) -> StorageServer:
+        """Listen on ``host:port`` (0 picks a free port) and serve in background threads.
+
+        Parameters
+        ----------
+        ae_title
+            Our AE title; associations calling another title are rejected.
+        archive, sink
+            Where received instances are written, and recorded.
+        policy
+            Allowed calling AE titles and source networks; ``None`` allows any peer.
+        reserve_bytes, free_bytes
+            Under ``reserve_bytes`` free (``free_bytes()``, default the archive's disk), new
+            associations are refused and C-STOREs answered 0xA700.
+        clock
+            Gives ``received_at`` (an aware datetime).
+        ssl_context
+            Serve DICOM TLS with it (see :func:`server_tls_context`).
+        maximum_pdu_size
+            The largest PDU we accept (0: no limit; fewer, larger PDUs are faster).
+        """
+        ae = AE(ae_title=ae_title)
+        ae.require_called_aet = True
+        ae.maximum_associations = max_associations
+        ae.maximum_pdu_size = maximum_pdu_size
+        ae.network_timeout = network_timeout
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        handlers = _Handlers(
+            ae_title=ae_title,
+            archive=archive,
+            sink=sink,
+            policy=policy or AccessPolicy(),
+            reserve_bytes=reserve_bytes,
+            free_bytes=free_bytes or archive.free_bytes,
+            clock=clock,
+        )
+        server = ae.start_server(
+            (host, port),
+            block=False,
+            ssl_context=ssl_context,
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, set_nodelay),
+                (evt.EVT_REQUESTED, handlers.on_requested),
+                (evt.EVT_C_ECHO, handlers.on_echo),
+                (evt.EVT_C_STORE, handlers.on_store),
+                (evt.EVT_RELEASED, handlers.on_ended),
+                (evt.EVT_ABORTED, handlers.on_ended),
+            ],
+        )
+        if server is None:  # only with block=True
+            raise RuntimeError("pynetdicom did not return a server")
+        if handlers.policy.networks is None and not _is_loopback(host):
+            logger.warning("listening on %s with no source address allow-list", host)
+        logger.info(
+            "storage SCP %s listening on %s:%d%s",
+            ae_title,
+            host,
+            server.server_address[1],
+            " (TLS)" if ssl_context is not None else "",
+        )
+        return cls(ae, server, ae_title)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful after ``port=0``)."""
+        return int(self._server.server_address[1])
+
+    @property
+    def ae_title(self) -> str:
+        """Our AE title."""
+        return self._ae_title
+
+    def stop(self) -> None:
+        """Abort the associations in progress and stop listening."""
+        self._ae.shutdown()
+        logger.info("storage SCP %s stopped", self._ae_title)
+
+    def __enter__(self) -> StorageServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

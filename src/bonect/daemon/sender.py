@@ -1,0 +1,396 @@
+"""The C-STORE SCU: send archived files to a destination, and say what became of each one.
+
+:func:`send_files` sends each file's dataset as stored (pixel data is never decoded or
+re-encoded) over associations that propose only the SOP classes and transfer syntaxes of the
+files being sent. Each instance ends in one of three outcomes:
+
+* ``STORED``: success, or one of the warnings 0xB000, 0xB006, 0xB007;
+* ``FAILED``: the destination answered another status, or cannot take the file's SOP class or
+  transfer syntax;
+* ``UNKNOWN``: no answer (timeout, aborted or refused association, destination down). A
+  pynetdicom send can time out although the destination stored the instance, so the caller
+  re-sends it later; the SOP Instance UID never changes, so this never duplicates.
+
+Skipping instances already stored is the caller's job: it passes only the pending paths.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import ssl
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from bonect.config import Destination
+from bonect.daemon.scp import set_nodelay
+from bonect.errors import BonectError
+
+logger = logging.getLogger(__name__)
+
+STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+_MAX_CONTEXTS = 128  # per association, PS3.8
+_C_STORE_RSP = 0x8001
+
+
+class UnsendableFileError(BonectError):
+    """A file to send is not a readable DICOM Part 10 file with SOP class, instance and TS."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SendOutcome(enum.StrEnum):
+    """What became of one instance."""
+
+    STORED = "stored"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationNode:
+    """A peer that receives C-STOREs."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_config(cls, destination: Destination) -> DestinationNode:
+        """The node of a ``[[destinations]]`` entry."""
+        return cls(destination.ae_title, destination.host, destination.port)
+
+
+@dataclass(frozen=True, slots=True)
+class SendTimeouts:
+    """Seconds to wait: TCP connect, association negotiation, each C-STORE answer, idle."""
+
+    connect: float = 10.0
+    acse: float = 30.0
+    dimse: float = 30.0
+    network: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceResult:
+    """One instance's outcome; ``status`` is ``None`` when the destination did not answer."""
+
+    sop_instance_uid: str
+    path: Path
+    outcome: SendOutcome
+    status: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendReport:
+    """The outcome of every file of one :func:`send_files` call, in the order given."""
+
+    results: tuple[InstanceResult, ...]
+
+    def _uids(self, outcome: SendOutcome) -> tuple[str, ...]:
+        return tuple(r.sop_instance_uid for r in self.results if r.outcome is outcome)
+
+    @property
+    def stored(self) -> tuple[str, ...]:
+        """SOP Instance UIDs the destination stored (success or a storage warning)."""
+        return self._uids(SendOutcome.STORED)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """SOP Instance UIDs the destination refused."""
+        return self._uids(SendOutcome.FAILED)
+
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        """SOP Instance UIDs with no answer: send them again."""
+        return self._uids(SendOutcome.UNKNOWN)
+
+    @property
+    def all_stored(self) -> bool:
+        """Whether every instance was stored."""
+        return all(r.outcome is SendOutcome.STORED for r in self.results)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with a cap: ``initial * factor ** (attempt - 1)``, at most ``cap``."""
+
+    initial_seconds: float = 10.0
+    factor: float = 2.0
+    cap_seconds: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.initial_seconds <= self.cap_seconds and self.factor >= 1):
+            raise ValueError(f"invalid retry policy {self}")
+
+    def delay(self, attempt: int) -> timedelta:
+        """The wait after failed attempt number ``attempt`` (1 for the first failure)."""
+        if attempt < 1:
+            raise ValueError(f"attempt counts from 1, got {attempt}")
+        if self.factor == 1:
+            return timedelta(seconds=self.initial_seconds)
+        ratio = self.cap_seconds / self.initial_seconds
+        if attempt - 1 >= math.log(ratio, self.factor):
+            return timedelta(seconds=self.cap_seconds)
+        seconds = self.initial_seconds * self.factor ** (attempt - 1)
+        return timedelta(seconds=min(seconds, self.cap_seconds))
+
+
+OnResult = Callable[[str, int | None, str | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+def _read_header(path: Path) -> _File:
+    try:
+        meta = read_file_meta_info(path)
+        return _File(
+            path=path,
+            sop_class_uid=str(meta.MediaStorageSOPClassUID),
+            sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
+            transfer_syntax_uid=str(meta.TransferSyntaxUID),
+        )
+    except Exception as exc:
+        raise UnsendableFileError(f"{path}: not a DICOM Part 10 file ({exc})", path=path) from exc
+
+
+def _batches(files: Sequence[_File]) -> Iterator[list[_File]]:
+    """Group files so that one association needs at most 128 presentation contexts."""
+    batch: list[_File] = []
+    pairs: set[tuple[str, str]] = set()
+    for f in files:
+        pair = (f.sop_class_uid, f.transfer_syntax_uid)
+        if pair not in pairs and len(pairs) == _MAX_CONTEXTS:
+            yield batch
+            batch, pairs = [], set()
+        pairs.add(pair)
+        batch.append(f)
+    if batch:
+        yield batch
+
+
+def _make_ae(calling_ae: str, timeouts: SendTimeouts) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.connection_timeout = timeouts.connect
+    ae.acse_timeout = timeouts.acse
+    ae.dimse_timeout = timeouts.dimse
+    ae.network_timeout = timeouts.network
+    return ae
+
+
+class _WireResponses:
+    """C-STORE-RSP statuses as decoded off the wire (EVT_DIMSE_RECV), by message id.
+
+    pynetdicom's association reactor can take a response off the queue before
+    ``send_c_store`` does (the stall in FIELD-NOTES.md): the call then times out although the
+    destination answered. The status seen here still tells what the destination said.
+    """
+
+    def __init__(self) -> None:
+        self._statuses: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def on_dimse_recv(self, event: Event) -> None:
+        command = event.message.command_set
+        if command is None or command.get("CommandField") != _C_STORE_RSP:
+            return
+        msg_id, status = command.get("MessageIDBeingRespondedTo"), command.get("Status")
+        if msg_id is not None and status is not None:
+            with self._lock:
+                self._statuses[int(msg_id)] = int(status)
+
+    def status(self, msg_id: int) -> int | None:
+        with self._lock:
+            return self._statuses.get(msg_id)
+
+
+def _associate(
+    ae: AE,
+    destination: DestinationNode,
+    files: Sequence[_File],
+    ssl_context: ssl.SSLContext | None,
+    wire: _WireResponses,
+) -> Association:
+    # one context per (SOP class, transfer syntax): the acceptor picks a single syntax per context
+    pairs = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
+    contexts = [build_context(sop_class, [ts]) for sop_class, ts in pairs]
+    return ae.associate(
+        destination.host,
+        destination.port,
+        contexts=contexts,
+        ae_title=destination.ae_title,
+        tls_args=None if ssl_context is None else (ssl_context, destination.host),
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_DIMSE_RECV, wire.on_dimse_recv),
+        ],
+    )
+
+
+def _store_one(
+    assoc: Association, f: _File, msg_id: int, wire: _WireResponses
+) -> tuple[SendOutcome, int | None, str | None]:
+    accepted = any(
+        cx.abstract_syntax == f.sop_class_uid and f.transfer_syntax_uid in cx.transfer_syntax
+        for cx in assoc.accepted_contexts
+    )
+    if not accepted:
+        return SendOutcome.FAILED, None, "destination does not accept this SOP class / syntax"
+    try:
+        dataset = dcmread(f.path)  # elements stay raw: written back as read, pixels untouched
+        status = assoc.send_c_store(dataset, msg_id=msg_id)
+    except Exception as exc:  # one unreadable file must not stop the others
+        if assoc.is_established:
+            return SendOutcome.FAILED, None, f"could not send: {exc!r}"
+        return SendOutcome.UNKNOWN, None, f"association lost: {exc!r}"
+    code = status.get("Status")
+    if code is None and (code := wire.status(msg_id)) is not None:
+        logger.warning(
+            "%s: response lost by pynetdicom, status read off the wire", f.sop_instance_uid
+        )
+    if code is None:  # DIMSE timeout or abort: pynetdicom aborted the association
+        return SendOutcome.UNKNOWN, None, "no response (timeout or association aborted)"
+    code = int(code)
+    if code in STORED_STATUSES:
+        return SendOutcome.STORED, code, None
+    return SendOutcome.FAILED, code, f"status 0x{code:04X}"
+
+
+def send_files(
+    paths: Sequence[Path],
+    destination: DestinationNode,
+    *,
+    calling_ae: str,
+    timeouts: SendTimeouts | None = None,
+    on_result: OnResult | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    max_reassociations: int = 2,
+) -> SendReport:
+    """C-STORE ``paths`` to ``destination`` and report each instance's outcome.
+
+    Parameters
+    ----------
+    paths
+        DICOM Part 10 files (e.g. archived sCT instances); only those still pending.
+    destination
+        The receiving node.
+    calling_ae
+        Our AE title.
+    timeouts
+        Connect / negotiation / response timeouts.
+    on_result
+        Called once per instance, in order, as ``on_result(sop_instance_uid, status, error)``;
+        ``status`` is ``None`` when there was no answer (then ``error`` says why).
+    ssl_context
+        A client TLS context for DICOM TLS destinations.
+    max_reassociations
+        When an association is lost mid-way (e.g. a response timeout), open a new one this many
+        times at most to send the remaining files; what is left after that is ``UNKNOWN``.
+
+    Raises
+    ------
+    UnsendableFileError
+        A file is not readable DICOM (checked for all files before anything is sent).
+    """
+    files = [_read_header(Path(p)) for p in paths]
+    ae = _make_ae(calling_ae, timeouts or SendTimeouts())
+    results: list[InstanceResult] = []
+
+    def finish(f: _File, outcome: SendOutcome, status: int | None, error: str | None) -> None:
+        results.append(InstanceResult(f.sop_instance_uid, f.path, outcome, status, error))
+        if on_result is not None:
+            on_result(f.sop_instance_uid, status, error)
+
+    reassociations = 0
+    for batch in _batches(files):
+        pending = list(batch)
+        while pending:
+            wire = _WireResponses()
+            assoc = _associate(ae, destination, pending, ssl_context, wire)
+            if not assoc.is_established:
+                why = "association rejected" if assoc.is_rejected else "association failed"
+                logger.warning("%s by %s at %s:%d", why, *_where(destination))
+                for f in pending:
+                    finish(f, SendOutcome.UNKNOWN, None, why)
+                break
+            try:
+                msg_id = 0
+                while pending and assoc.is_established:
+                    f = pending.pop(0)
+                    msg_id += 1
+                    finish(f, *_store_one(assoc, f, msg_id, wire))
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            if pending:
+                if reassociations >= max_reassociations:
+                    for f in pending:
+                        finish(f, SendOutcome.UNKNOWN, None, "association lost, not re-opened")
+                    break
+                reassociations += 1
+                logger.warning("association to %s lost; opening a new one", destination.ae_title)
+    _log_summary(results, destination)
+    return SendReport(tuple(results))
+
+
+def _where(destination: DestinationNode) -> tuple[str, str, int]:
+    return destination.ae_title, destination.host, destination.port
+
+
+def _log_summary(results: Sequence[InstanceResult], destination: DestinationNode) -> None:
+    counts = {o: sum(r.outcome is o for r in results) for o in SendOutcome}
+    logger.info(
+        "sent %d instances to %s: %d stored, %d failed, %d unknown",
+        len(results),
+        destination.ae_title,
+        counts[SendOutcome.STORED],
+        counts[SendOutcome.FAILED],
+        counts[SendOutcome.UNKNOWN],
+    )
+
+
+def echo(
+    destination: DestinationNode,
+    calling_ae: str,
+    *,
+    timeouts: SendTimeouts | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> bool:
+    """C-ECHO ``destination``; ``True`` when it answered success."""
+    ae = _make_ae(calling_ae, timeouts or SendTimeouts())
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=None if ssl_context is None else (ssl_context, destination.host),
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+    )
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return bool(status.get("Status") == 0x0000)

@@ -1,0 +1,329 @@
+"""The C-STORE SCU against an in-process SCP that answers chosen statuses, and against Orthanc."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    MRImageStorage,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import split_dataset
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from bonect.config import Destination
+from bonect.daemon.sender import (
+    DestinationNode,
+    RetryPolicy,
+    SendOutcome,
+    SendTimeouts,
+    UnsendableFileError,
+    _WireResponses,
+    echo,
+    send_files,
+)
+from dicom_peers import OrthancServer, free_port, have
+from series_factory import make_mr_series, write_series
+
+FAST = SendTimeouts(connect=5, acse=5, dimse=5, network=5)
+
+
+@pytest.fixture(autouse=True)
+def _strict_pydicom() -> Iterator[None]:
+    reading = pydicom_config.settings.reading_validation_mode
+    writing = pydicom_config.settings.writing_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.RAISE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
+    yield
+    pydicom_config.settings.reading_validation_mode = reading
+    pydicom_config.settings.writing_validation_mode = writing
+
+
+@dataclass
+class FakePacs:
+    """A pynetdicom Storage SCP answering ``statuses[sop uid]`` (default success).
+
+    A C-STORE of an instance in ``stall`` is answered only once ``unstall`` is set, so the
+    sender's response timeout fires first.
+    """
+
+    statuses: dict[str, int] = field(default_factory=dict)
+    stall: set[str] = field(default_factory=set)
+    unstall: threading.Event = field(default_factory=threading.Event)
+    received: dict[str, bytes] = field(default_factory=dict)
+    requested: list[list[tuple[str, tuple[str, ...]]]] = field(default_factory=list)
+    associations: int = 0
+    server: ThreadedAssociationServer | None = None
+
+    def on_requested(self, event: Event) -> None:
+        self.associations += 1
+        contexts = event.assoc.requestor.requested_contexts
+        self.requested.append(
+            [
+                (str(cx.abstract_syntax), tuple(str(t) for t in cx.transfer_syntax))
+                for cx in contexts
+            ]
+        )
+
+    def on_store(self, event: Event) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid in self.stall:
+            self.unstall.wait(30)
+        self.received[uid] = event.encoded_dataset(include_meta=False)
+        return self.statuses.get(uid, 0x0000)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+
+def start_fake_pacs(transfer_syntaxes: Sequence[str] | None = None) -> tuple[AE, FakePacs]:
+    pacs = FakePacs()
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(
+                cx.abstract_syntax,
+                list(transfer_syntaxes or [ExplicitVRLittleEndian, JPEGLSLossless]),
+            )
+    pacs.server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[(evt.EVT_REQUESTED, pacs.on_requested), (evt.EVT_C_STORE, pacs.on_store)],
+    )
+    return ae, pacs
+
+
+@pytest.fixture
+def fake_pacs() -> Iterator[FakePacs]:
+    ae, pacs = start_fake_pacs()
+    yield pacs
+    pacs.unstall.set()
+    ae.shutdown()
+
+
+def node(port: int, ae_title: str = "PACS") -> DestinationNode:
+    return DestinationNode(ae_title=ae_title, host="127.0.0.1", port=port)
+
+
+def dataset_bytes(path: Path) -> bytes:
+    _, offset = split_dataset(path)
+    return path.read_bytes()[offset:]
+
+
+def mr_files(
+    folder: Path, n: int = 3, *, compressed: bool = False, modality: str = "MR"
+) -> list[Path]:
+    datasets = make_mr_series((n, 32, 32), modality=modality)
+    if compressed:
+        for ds in datasets:
+            ds.compress(JPEGLSLossless)
+    return write_series(datasets, folder)
+
+
+def uid_of(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_statuses_decide_the_outcome_and_each_is_reported(
+    fake_pacs: FakePacs, tmp_path: Path
+) -> None:
+    paths = mr_files(tmp_path, 4)
+    uids = [uid_of(p) for p in paths]
+    fake_pacs.statuses = {uids[1]: 0xB000, uids[2]: 0xA700, uids[3]: 0xB007}
+    calls: list[tuple[str, int | None, str | None]] = []
+
+    report = send_files(
+        paths,
+        node(fake_pacs.port),
+        calling_ae="BONECT",
+        timeouts=FAST,
+        on_result=lambda uid, status, error: calls.append((uid, status, error)),
+    )
+
+    assert report.stored == (uids[0], uids[1], uids[3])
+    assert report.failed == (uids[2],)
+    assert report.unknown == () and not report.all_stored
+    assert calls == [
+        (uids[0], 0x0000, None),
+        (uids[1], 0xB000, None),
+        (uids[2], 0xA700, "status 0xA700"),
+        (uids[3], 0xB007, None),
+    ]
+    assert fake_pacs.associations == 1
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["explicit-le", "jpeg-ls"])
+def test_files_are_sent_as_stored(fake_pacs: FakePacs, tmp_path: Path, compressed: bool) -> None:
+    paths = mr_files(tmp_path, 3, compressed=compressed)
+
+    report = send_files(paths, node(fake_pacs.port), calling_ae="BONECT", timeouts=FAST)
+
+    assert report.all_stored
+    for path in paths:
+        assert fake_pacs.received[uid_of(path)] == dataset_bytes(path)
+
+
+def test_only_the_sop_classes_and_syntaxes_sent_are_proposed(
+    fake_pacs: FakePacs, tmp_path: Path
+) -> None:
+    paths = (
+        mr_files(tmp_path / "mr", 2)
+        + mr_files(tmp_path / "jls", 2, compressed=True)
+        + mr_files(tmp_path / "ct", 2, modality="CT")
+    )
+
+    assert send_files(paths, node(fake_pacs.port), calling_ae="BONECT", timeouts=FAST).all_stored
+
+    (proposed,) = fake_pacs.requested
+    assert sorted(proposed) == sorted(
+        [
+            (CTImageStorage, (ExplicitVRLittleEndian,)),
+            (MRImageStorage, (ExplicitVRLittleEndian,)),
+            (MRImageStorage, (JPEGLSLossless,)),
+        ]
+    )
+
+
+def test_a_syntax_the_destination_refuses_fails_that_file_only(tmp_path: Path) -> None:
+    ae, pacs = start_fake_pacs([ExplicitVRLittleEndian])
+    try:
+        plain, jls = mr_files(tmp_path / "a", 1), mr_files(tmp_path / "b", 1, compressed=True)
+        report = send_files(plain + jls, node(pacs.port), calling_ae="BONECT", timeouts=FAST)
+    finally:
+        ae.shutdown()
+    assert report.stored == (uid_of(plain[0]),)
+    (failure,) = [r for r in report.results if r.outcome is SendOutcome.FAILED]
+    assert failure.status is None and failure.error is not None and "accept" in failure.error
+
+
+def test_a_response_timeout_is_unknown_and_the_rest_is_still_sent(
+    fake_pacs: FakePacs, tmp_path: Path
+) -> None:
+    paths = mr_files(tmp_path, 3)
+    uids = [uid_of(p) for p in paths]
+    fake_pacs.stall = {uids[1]}
+    calls: list[tuple[str, int | None, str | None]] = []
+
+    report = send_files(
+        paths,
+        node(fake_pacs.port),
+        calling_ae="BONECT",
+        timeouts=SendTimeouts(connect=5, acse=5, dimse=0.5, network=5),
+        on_result=lambda uid, status, error: calls.append((uid, status, error)),
+    )
+
+    assert report.stored == (uids[0], uids[2])
+    assert report.unknown == (uids[1],)
+    assert [(uid, status) for uid, status, _ in calls] == [
+        (uids[0], 0x0000),
+        (uids[1], None),
+        (uids[2], 0x0000),
+    ]
+    assert fake_pacs.associations == 2  # a new association after the abort
+
+
+def test_a_destination_that_is_down_leaves_everything_unknown(tmp_path: Path) -> None:
+    paths = mr_files(tmp_path, 2)
+    report = send_files(paths, node(free_port()), calling_ae="BONECT", timeouts=FAST)
+    assert report.unknown == tuple(uid_of(p) for p in paths)
+    assert all(r.status is None and r.error for r in report.results)
+
+
+def test_a_file_that_is_not_dicom_is_refused_before_sending(
+    fake_pacs: FakePacs, tmp_path: Path
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not DICOM")
+    with pytest.raises(UnsendableFileError) as info:
+        send_files([*mr_files(tmp_path, 1), text], node(fake_pacs.port), calling_ae="BONECT")
+    assert info.value.path == text
+    assert fake_pacs.associations == 0
+
+
+def test_echo(fake_pacs: FakePacs) -> None:
+    assert echo(node(fake_pacs.port), "BONECT", timeouts=FAST)
+    assert not echo(node(free_port()), "BONECT", timeouts=FAST)
+
+
+def test_destination_node_from_config() -> None:
+    destination = Destination(name="pacs", ae_title="PACS", host="10.0.0.5", port=104)
+    assert DestinationNode.from_config(destination) == DestinationNode("PACS", "10.0.0.5", 104)
+
+
+def test_retry_policy_backs_off_exponentially_up_to_a_cap() -> None:
+    policy = RetryPolicy(initial_seconds=10, factor=2, cap_seconds=60)
+    delays = [policy.delay(attempt) for attempt in range(1, 7)]
+    assert delays == [timedelta(seconds=s) for s in (10, 20, 40, 60, 60, 60)]
+    assert policy.delay(10_000) == timedelta(seconds=60)
+    assert RetryPolicy(initial_seconds=5, factor=1, cap_seconds=5).delay(3) == timedelta(seconds=5)
+    with pytest.raises(ValueError):
+        policy.delay(0)
+    with pytest.raises(ValueError):
+        RetryPolicy(initial_seconds=10, cap_seconds=5)
+
+
+needs_orthanc = pytest.mark.skipif(not have("Orthanc"), reason="Orthanc is not installed")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    if not have("Orthanc"):
+        pytest.skip("Orthanc is not installed")
+    with OrthancServer(tmp_path_factory.mktemp("orthanc"), allowed_aets=("BONECT",)) as server:
+        yield server
+
+
+@needs_orthanc
+def test_orthanc_stores_a_series_once_however_often_it_is_sent(
+    orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    paths = mr_files(tmp_path / "mr", 5) + mr_files(tmp_path / "jls", 2, compressed=True)
+    uids = sorted(uid_of(p) for p in paths)
+    pacs = node(orthanc.dicom_port)
+
+    first = send_files(paths, pacs, calling_ae="BONECT", timeouts=FAST)
+    again = send_files(paths, pacs, calling_ae="BONECT", timeouts=FAST)
+
+    assert first.all_stored and again.all_stored
+    stored = [uid for uid in orthanc.sop_instance_uids() if uid in set(uids)]
+    assert sorted(stored) == uids  # each once
+
+
+@needs_orthanc
+def test_orthanc_refuses_an_unknown_calling_ae(orthanc: OrthancServer, tmp_path: Path) -> None:
+    pacs = node(orthanc.dicom_port)
+    assert echo(pacs, "BONECT", timeouts=FAST)
+    assert not echo(pacs, "STRANGER", timeouts=FAST)
+    report = send_files(mr_files(tmp_path, 1), pacs, calling_ae="STRANGER", timeouts=FAST)
+    assert report.unknown and report.results[0].error == "association rejected"
+
+
+def test_a_response_seen_on_the_wire_is_kept_if_pynetdicom_loses_it() -> None:
+    wire = _WireResponses()
+    rsp = Dataset()
+    rsp.CommandField = 0x8001  # C-STORE-RSP
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.Status = 0xB000
+    rq = Dataset()
+    rq.CommandField = 0x0001  # C-STORE-RQ: ignored
+    rq.MessageID = 8
+    for command in (rsp, rq):
+        wire.on_dimse_recv(SimpleNamespace(message=SimpleNamespace(command_set=command)))
+    assert wire.status(7) == 0xB000 and wire.status(8) is None
