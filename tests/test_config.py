@@ -18,9 +18,15 @@ port = 0
 
 [security]
 allowed_networks = ["10.0.0.0/8", "192.168.1.7"]
+allowed_ae_titles = ["MRI1"]
+tls_certificate = "tls/node.pem"
+tls_key = "tls/node.key"
+tls_ca = "/etc/ssl/hospital-ca.pem"
 
 [storage]
 dir = "data"
+reserve_mb = 512
+retention_days = 0
 
 [catalog]
 url = "postgresql://bonect@db/bonect"
@@ -33,6 +39,20 @@ model = "classical"
 planes = ["sagittal", "axial"]
 device = "cpu"
 batch_size = 4
+
+[[rules.convert]]
+series_description = "ZTE"
+
+[rules.keep_ct]
+enabled = false
+
+[sender]
+send_back_to_sender = true
+max_attempts = 3
+
+[metrics]
+port = 0
+enabled = false
 
 [[destinations]]
 name = "pacs"
@@ -63,6 +83,13 @@ def test_every_section_is_read(tmp_path: Path) -> None:
     assert config.converter.model == "classical"
     assert config.converter.planes == ("sagittal", "axial")
     assert (config.converter.device, config.converter.batch_size) == ("cpu", 4)
+    assert config.security.allowed_networks == ("10.0.0.0/8", "192.168.1.7")
+    assert config.security.allowed_ae_titles == ("MRI1",)
+    assert (config.storage.reserve_mb, config.storage.retention_days) == (512, 0.0)
+    assert [rule.series_description for rule in config.rules.convert] == ["ZTE"]
+    assert config.rules.keep_ct.enabled is False
+    assert (config.sender.send_back_to_sender, config.sender.max_attempts) == (True, 3)
+    assert (config.metrics.port, config.metrics.enabled) == (0, False)
     assert config.destinations == (
         Destination(name="pacs", ae_title="PACS", host="10.0.0.5", port=104),
         Destination(name="lab", ae_title="PRINT3D", host="lab.example", port=11113),
@@ -77,8 +104,12 @@ def test_relative_storage_dir_is_relative_to_the_file(
 
     config = load_config(Path("..") / "etc" / "config.toml")
 
-    assert config.storage.dir == (tmp_path / "etc" / "data").resolve()
-    assert config.model_registry == (tmp_path / "etc" / "data" / "models").resolve()
+    etc = (tmp_path / "etc").resolve()
+    assert config.storage.dir == etc / "data"
+    assert config.model_registry == etc / "data" / "models"
+    assert config.security.tls_certificate == etc / "tls" / "node.pem"
+    assert config.security.tls_key == etc / "tls" / "node.key"
+    assert config.security.tls_ca == Path("/etc/ssl/hospital-ca.pem")
     assert load_config(path).storage.dir == config.storage.dir
 
 
@@ -140,6 +171,31 @@ x = 1
     ]
     assert "destinations.0.port: Input should be less than or equal to 65535" in problems
     assert "destinations.0.colour: Extra inputs are not permitted" in problems
+
+
+def test_listening_beyond_loopback_needs_an_allow_list(tmp_path: Path) -> None:
+    path = write(tmp_path / "config.toml", '[node]\nhost = "0.0.0.0"\n')
+    with pytest.raises(ConfigError, match=r"security\.allowed_networks"):
+        load_config(path)
+    open_to_all = write(
+        tmp_path / "open.toml", '[node]\nhost = "0.0.0.0"\n[security]\nallow_any_peer = true\n'
+    )
+    assert load_config(open_to_all).node.host == "0.0.0.0"
+
+
+def test_security_problems_are_all_reported_with_their_keys(tmp_path: Path) -> None:
+    """Two independent mistakes in [security]: both reported, each with its key."""
+    path = write(
+        tmp_path / "config.toml",
+        '[security]\ntls_certificate = "node.pem"\nallowed_networks = ["10.0.0.0/33"]\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert any(p.startswith("security.tls_") and "go together" in p for p in problems), problems
+    assert any(
+        p.startswith("security.allowed_networks") and "10.0.0.0/33" in p for p in problems
+    ), problems
 
 
 def test_syntax_errors_and_missing_files_are_config_errors(tmp_path: Path) -> None:

@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bonect.daemon.rules import RulesConfig
 from bonect.errors import ConfigError
@@ -38,19 +45,25 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
     allowed_networks: tuple[str, ...] = ()  # CIDR or addresses; empty: loopback only
     allow_any_peer: bool = False  # needed to listen beyond loopback without an allow-list
     tls_certificate: Path | None = None
-    tls_key: Path | None = None
+    tls_key: Path | None = Field(default=None, validate_default=True)
     tls_ca: Path | None = None  # when set, peers must present a certificate it signed
 
-    @model_validator(mode="after")
-    def _tls_pair(self) -> SecurityConfig:
-        if (self.tls_certificate is None) != (self.tls_key is None):
-            raise ValueError("tls_certificate and tls_key go together")
-        for text in self.allowed_networks:
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
             try:
                 ipaddress.ip_network(text, strict=False)
             except ValueError as exc:
-                raise ValueError(f"allowed_networks: {exc}") from None
-        return self
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.data.get("tls_certificate") is None) != (value is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        return value
 
 
 class SenderConfig(BaseModel, frozen=True, extra="forbid"):

@@ -176,6 +176,7 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(Text)
     model_version: Mapped[str | None] = mapped_column(String(128))
+    timings: Mapped[str | None] = mapped_column(Text)  # JSON: seconds per stage
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     sends: Mapped[list[Send]] = relationship(back_populates="job")

@@ -14,6 +14,7 @@ worker whose job was taken from it (requeued as an orphan and claimed again) rai
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -304,9 +305,12 @@ class Catalog(SendLedger):
     def mark_sending(self, job: JobRef, *, now: datetime) -> JobRecord:
         return self._move(job, JobState.SENDING, now=now)
 
-    def finish(self, job: JobRef, *, now: datetime) -> JobRecord:
-        """Every instance stored at every destination."""
-        return self._move(job, JobState.DONE, now=now)
+    def finish(
+        self, job: JobRef, *, now: datetime, timings: dict[str, float] | None = None
+    ) -> JobRecord:
+        """Every instance stored at every destination; ``timings``: seconds per stage."""
+        changes = {} if timings is None else {"timings": json.dumps(timings)}
+        return self._move(job, JobState.DONE, now=now, **changes)
 
     def fail(self, job: JobRef, reason: str, *, now: datetime) -> JobRecord:
         """A permanent failure; the reason is shown by ``bonect-daemon status``."""

@@ -8,6 +8,7 @@ read them is closed and to hand between threads.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -174,6 +175,7 @@ class JobRecord:
     last_error: str | None
     output_dir: Path | None
     model_version: str | None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
     @classmethod
     def from_row(cls, row: Job) -> JobRecord:
@@ -193,6 +195,7 @@ class JobRecord:
             last_error=row.last_error,
             output_dir=Path(row.output_dir) if row.output_dir else None,
             model_version=row.model_version,
+            timings=json.loads(row.timings) if row.timings else {},
         )
 
 

@@ -1,0 +1,240 @@
+"""The running node: wires archive, catalog, SCP, settle, worker, drop folder and metrics.
+
+:meth:`Node.open` builds everything from the config (I/O happens there, not in constructors);
+:meth:`Node.step` does one round of settling, converting and housekeeping at a given time, and
+:meth:`Node.run` repeats it until the stop flag is set (by SIGTERM in ``bonect-daemon start``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydicom import dcmread
+
+from bonect.catalog.engine import catalog_url
+from bonect.catalog.header import header_from_dataset
+from bonect.catalog.models import Role, SettleState
+from bonect.catalog.queue import Catalog
+from bonect.config import Config
+from bonect.converter.inference import pick_device
+from bonect.daemon.archive import Archive, InstanceRef
+from bonect.daemon.dropfolder import DropFolder
+from bonect.daemon.metrics import NodeMetrics
+from bonect.daemon.models import ModelHolder
+from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
+from bonect.daemon.sender import DestinationNode, RetryPolicy, SendTimeouts
+from bonect.daemon.settle import settle_once
+from bonect.daemon.worker import Worker, WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CatalogSink:
+    """The SCP's and drop folder's sink: record each archived instance in the catalog."""
+
+    def __init__(self, catalog: Catalog, wake: threading.Event, metrics: NodeMetrics) -> None:
+        self._catalog = catalog
+        self._wake = wake
+        self._metrics = metrics
+
+    def record(
+        self,
+        ref: InstanceRef,
+        path: Path,
+        received_at: datetime,
+        association_id: str,
+        calling_ae: str,
+        peer_address: str,
+    ) -> None:
+        header = header_from_dataset(dcmread(path, stop_before_pixels=True))
+        self._catalog.record_instance(
+            header, path, received_at=received_at, association_id=association_id
+        )
+        self._metrics.instances_received.inc()
+        logger.debug("%s from %s (%s) archived", ref.sop_instance_uid, calling_ae, peer_address)
+
+    def association_ended(self, association_id: str, at: datetime) -> None:
+        self._catalog.association_released(association_id, at)
+        self._wake.set()  # settle may now complete a series without waiting
+
+
+def access_policy(config: Config) -> AccessPolicy:
+    """The allow-lists: loopback only unless networks are listed or any peer is allowed."""
+    security = config.security
+    titles = security.allowed_ae_titles or None
+    if security.allow_any_peer:
+        networks = None
+    elif security.allowed_networks:
+        networks = security.allowed_networks
+    else:
+        networks = ("127.0.0.0/8", "::1")
+    return AccessPolicy.build(calling_ae_titles=titles, networks=networks)
+
+
+@dataclass
+class Node:
+    config: Config
+    catalog: Catalog
+    archive: Archive
+    outgoing: Path
+    server: StorageServer
+    worker: Worker
+    models: ModelHolder
+    dropfolder: DropFolder
+    metrics: NodeMetrics
+    wake: threading.Event
+    clock: Callable[[], datetime]
+    last_housekeeping: datetime | None = None
+
+    @classmethod
+    def open(cls, config: Config, *, clock: Callable[[], datetime] = utc_now) -> Node:
+        storage = config.storage.dir
+        storage.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog.open(catalog_url(storage, config.catalog.url))
+        worker_prefix = f"{socket.gethostname()}:"
+        requeued = catalog.requeue_orphans(clock(), claimed_by_prefix=worker_prefix)
+        if requeued:
+            logger.warning("jobs left running by a stopped process queued again: %s", requeued)
+        archive = Archive.open(storage / "archive")
+        outgoing = storage / "outgoing"
+        outgoing.mkdir(parents=True, exist_ok=True)
+        device = pick_device(config.converter.device)
+        models = ModelHolder.open(config.converter.model, config.model_registry, device)
+        metrics = NodeMetrics.create(catalog, model_label=lambda: models.label, clock=clock)
+        wake = threading.Event()
+        sink = CatalogSink(catalog, wake, metrics)
+        reserve = config.storage.reserve_mb * 1024 * 1024
+        security = config.security
+        tls = None
+        if security.tls_certificate is not None and security.tls_key is not None:
+            tls = server_tls_context(security.tls_certificate, security.tls_key, security.tls_ca)
+        server = StorageServer.start(
+            ae_title=config.node.ae_title,
+            host=config.node.host,
+            port=config.node.port,
+            archive=archive,
+            sink=sink,
+            policy=access_policy(config),
+            reserve_bytes=reserve,
+            clock=clock,
+            ssl_context=tls,
+        )
+        if security.allow_any_peer:
+            logger.warning(
+                "allow_any_peer is set: any address may store to %s", config.node.ae_title
+            )
+        sender = config.sender
+        settings = WorkerSettings(
+            calling_ae=config.node.ae_title,
+            destinations=[(d.name, DestinationNode.from_config(d)) for d in config.destinations],
+            planes=config.converter.planes,
+            batch_size=config.converter.batch_size,
+            device=device,
+            retry=RetryPolicy(
+                initial_seconds=sender.retry_initial_seconds, cap_seconds=sender.retry_max_seconds
+            ),
+            max_attempts=sender.max_attempts,
+            timeouts=SendTimeouts(dimse=sender.dimse_timeout_seconds),
+        )
+        worker = Worker(
+            name=f"{worker_prefix}{os.getpid()}:0",
+            catalog=catalog,
+            outgoing=outgoing,
+            models=models,
+            settings=settings,
+            clock=clock,
+            metrics=metrics,
+        )
+        dropfolder = DropFolder.open(
+            storage, archive=archive, sink=sink, clock=clock, reserve_bytes=reserve
+        )
+        logger.info(
+            "%s listening on %s:%d, storage %s, model %s, %d destination(s)",
+            config.node.ae_title,
+            config.node.host,
+            server.port,
+            storage,
+            models.label,
+            len(config.destinations),
+        )
+        return cls(
+            config=config,
+            catalog=catalog,
+            archive=archive,
+            outgoing=outgoing,
+            server=server,
+            worker=worker,
+            models=models,
+            dropfolder=dropfolder,
+            metrics=metrics,
+            wake=wake,
+            clock=clock,
+        )
+
+    def step(self, now: datetime) -> bool:
+        """Settle what is complete, then process one job; True when a job was processed."""
+        queued = settle_once(
+            self.catalog, self.config.rules, now, quiet_seconds=self.config.settle.quiet_seconds
+        )
+        if queued:
+            self.metrics.series_completed.inc(len(queued))
+        worked = self.worker.run_once(now)
+        if self.last_housekeeping is None or now - self.last_housekeeping > timedelta(minutes=10):
+            self.housekeeping(now)
+            self.last_housekeeping = now
+        return worked
+
+    def housekeeping(self, now: datetime) -> None:
+        """Delete ignored series at once, and sCT outputs older than the retention period.
+
+        Received bone MR and CT are kept: they are the local site's training data.
+        """
+        for series in self.catalog.list_series(role=Role.IGNORE, settle_state=SettleState.SETTLED):
+            self._remove_series_files(series.study_uid, series.series_uid)
+        days = self.config.storage.retention_days
+        if days <= 0:
+            return
+        cutoff = now - timedelta(days=days)
+        for series in self.catalog.list_series(
+            role=Role.CONVERT, settle_state=SettleState.SETTLED, settled_before=cutoff
+        ):
+            shutil.rmtree(self.outgoing / series.series_uid, ignore_errors=True)
+
+    def _remove_series_files(self, study_uid: str, series_uid: str) -> None:
+        folder = self.archive.incoming / study_uid / series_uid
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.info("removed the files of series %s", series_uid)
+
+    def run(self, stop: threading.Event) -> None:
+        """Step until `stop` is set; sleep briefly when idle, wake early on association end."""
+        self.models.watch()
+        self.dropfolder.start()
+        idle = 0.05
+        while not stop.is_set():
+            worked = self.step(self.clock())
+            if worked:
+                idle = 0.05
+                continue
+            self.wake.wait(timeout=idle)
+            self.wake.clear()
+            idle = min(idle * 2, 1.0)
+
+    def close(self) -> None:
+        self.server.stop()
+        self.dropfolder.stop()
+        self.models.stop()
+        self.metrics.stop()
+        self.catalog.close()
