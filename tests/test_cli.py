@@ -198,7 +198,16 @@ def runs(work: Work, tiny_model: Path) -> Runs:
     phantom_out = root / "phantom"
     sagittal_mr = phantom_out / "PH0000001" / "dicom" / "MR"
     cpu = ("--device", "cpu")
-    phantom = ("phantom", phantom_out, "--patients", "1", "--spacing", "4,3,3")
+    phantom = (
+        "phantom",
+        phantom_out,
+        "--patients",
+        "1",
+        "--spacing",
+        "4,3,3",
+        "--ct-spacing",
+        "4,3,3",
+    )
     to_nifti = ("convert", work.patient.mr_nifti, "nifti/sct.nii.gz", "--format", "nifti")
     bad_config = ("convert", work.mr, "out-config", "--config", "bad.toml")
 

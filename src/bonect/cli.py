@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S,R,C",
         help="MR voxel size in mm: slice, row, column (default: 2.0,1.5,1.5)",
     )
+    phantom.add_argument(
+        "--ct-spacing",
+        type=_spacing,
+        default=(1.5, 1.0, 1.0),
+        metavar="S,R,C",
+        help="CT voxel size in mm, axial: slice, row, column (default: 1.5,1.0,1.0)",
+    )
     phantom.set_defaults(handler=_phantom)
 
     demo = sub.add_parser(
@@ -130,21 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace) -> int:
     from bonect.config import find_config, load_config
-    from bonect.converter.files import convert_path
-    from bonect.converter.inference import pick_device
-    from bonect.converter.pipeline import resolve_method
+    from bonect.converter.inputs import read_input
 
     registry = None
     config_path = find_config(args.config)
     if config_path is not None:
         registry = load_config(config_path).model_registry
+    volume, series = read_input(args.input)  # refuse a bad input before loading PyTorch
+
+    from bonect.converter.files import convert_input
+    from bonect.converter.inference import pick_device
+    from bonect.converter.pipeline import resolve_method
+
     device = pick_device(args.device)
     method = resolve_method(args.model, registry=registry, device=device)
     logger.info("converting %s with %s on %s", args.input, method.label, device)
-    result = convert_path(
-        args.input,
+    result = convert_input(
+        volume,
+        series,
         args.output,
         method,
+        source=args.input,
         output_format=args.output_format,
         planes=args.planes,
         batch_size=args.batch_size,
@@ -162,8 +175,15 @@ def _phantom(args: argparse.Namespace) -> int:
     from bonect.phantom.generate import Acquisition, generate_case
 
     acquisition = Acquisition(args.orientation, args.spacing)
+    ct_acquisition = Acquisition("axial", args.ct_spacing)
     for index in tqdm(range(args.patients), desc="phantom patients", unit="patient"):
-        case = generate_case(args.seed, index, contrast=args.contrast, acquisition=acquisition)
+        case = generate_case(
+            args.seed,
+            index,
+            contrast=args.contrast,
+            acquisition=acquisition,
+            ct_acquisition=ct_acquisition,
+        )
         written = write_patient(case, args.seed, args.output)
         logger.info("wrote %s", written.folder)
     return 0

@@ -22,7 +22,8 @@ from bonect.phantom.generate import Acquisition, generate_case
 
 logger = logging.getLogger(__name__)
 
-DEMO_SEED = 7  # the demo model was trained on cohort 2024: these patients are held out
+DEMO_SEED = 19  # the demo model was trained on cohort 2024: these patients are held out;
+# cohort 19 alternates adults and children (patients 1, 3, 5 adults; 2, 4, 6 children)
 DEMO_ACQUISITIONS = (
     Acquisition("axial", (2.0, 1.5, 1.5)),
     Acquisition("sagittal", (1.6, 1.5, 1.5)),

@@ -12,20 +12,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from bonect.converter.dicom_reader import read_mr_folder
 from bonect.converter.dicom_writer import write_synthetic_ct
+from bonect.converter.inputs import is_nifti, read_input
 from bonect.converter.pipeline import ALL_PLANES, Conversion, Method, convert, method_identity
 from bonect.converter.series import MRSeries
-from bonect.converter.volume import Volume, read_nifti, write_nifti
-from bonect.errors import BonectError, SeriesError
+from bonect.converter.volume import Volume, write_nifti
+from bonect.errors import BonectError
 
 logger = logging.getLogger(__name__)
 OutputFormat = Literal["dicom", "nifti"]
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def is_nifti(path: Path) -> bool:
-    return path.name.endswith(NIFTI_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -35,18 +30,6 @@ class ConvertedFiles:
     paths: list[Path]
     conversion: Conversion
     seconds: float
-
-
-def read_input(path: Path) -> tuple[Volume, MRSeries | None]:
-    """A folder is one DICOM MR series; a ``.nii``/``.nii.gz`` file is a NIfTI volume."""
-    if path.is_dir():
-        series = read_mr_folder(path)
-        return series.volume, series
-    if path.is_file() and is_nifti(path):
-        return read_nifti(path), None
-    if not path.exists():
-        raise SeriesError(f"{path}: no such file or folder")
-    raise SeriesError(f"{path}: expected a folder of DICOM files or a .nii/.nii.gz file")
 
 
 def convert_path(
@@ -62,6 +45,34 @@ def convert_path(
 ) -> ConvertedFiles:
     """Read `source`, convert it with `method`, write the synthetic CT under `out`."""
     volume, series = read_input(source)
+    return convert_input(
+        volume,
+        series,
+        out,
+        method,
+        source=source,
+        output_format=output_format,
+        planes=planes,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+
+
+def convert_input(
+    volume: Volume,
+    series: MRSeries | None,
+    out: Path,
+    method: Method,
+    *,
+    source: Path,
+    output_format: OutputFormat = "dicom",
+    planes: Sequence[str] = ALL_PLANES,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> ConvertedFiles:
+    """Convert an input already read (see :func:`bonect.converter.inputs.read_input`)."""
     if output_format == "dicom" and series is None:
         raise BonectError(
             f"{source}: DICOM output needs a DICOM input (for NIfTI input use --format nifti)"
