@@ -1,0 +1,54 @@
+"""The bundled phantom-trained Light_U-Net: what it claims to be, and that it earns its place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonect.converter.model_folder import load_model
+from bonect.converter.models import count_parameters
+from bonect.converter.pipeline import Classical, convert, resolve_method
+from bonect.demo import bundled_model
+from bonect.metrics import compute_metrics
+from bonect.phantom.generate import Acquisition, generate_case
+
+
+def test_bundled_model_is_a_labelled_light_unet_under_10_mb() -> None:
+    folder = bundled_model()
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size <= 10 * 1024 * 1024
+    model = load_model(folder)
+    assert model.manifest.architecture == "light_unet"
+    assert model.manifest.clinical_use is False
+    assert "NOT FOR CLINICAL USE" in model.manifest.description
+    assert model.manifest.training.sites == ("phantom",)
+    assert count_parameters(model.network) == 2_159_889
+
+
+def test_auto_never_picks_the_bundled_model(tmp_path: Path) -> None:
+    method = resolve_method("auto", registry=tmp_path / "models", device=torch.device("cpu"))
+    assert isinstance(method, Classical)
+
+
+@pytest.fixture(scope="module")
+def held_out_case():  # type: ignore[no-untyped-def]
+    # cohort 19 was never seen in training (cohort 2024); patient 1 is a child
+    return generate_case(
+        19, 1, acquisition=Acquisition("axial", (2.5, 2.0, 2.0)), ct_acquisition=None
+    )
+
+
+def test_unet_beats_the_classical_map_on_a_held_out_child(held_out_case) -> None:  # type: ignore[no-untyped-def]
+    case = held_out_case
+    body = case.labels.array > 0
+    model = load_model(bundled_model())
+    unet = convert(case.mr, model, planes=("axial",), device=torch.device("cpu")).sct
+    classical = convert(case.mr, Classical()).sct
+    m_unet = compute_metrics(unet.array, case.ct_on_mr.array, mask=body, body_mask=body)
+    m_classical = compute_metrics(classical.array, case.ct_on_mr.array, mask=body, body_mask=body)
+    assert m_unet.mae < m_classical.mae, (m_unet, m_classical)
+    assert m_unet.bone_dice > m_classical.bone_dice, (m_unet, m_classical)
+    assert np.isfinite(unet.array).all()
