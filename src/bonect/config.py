@@ -26,6 +26,7 @@ from bonect.errors import ConfigError
 
 Plane = Literal["axial", "coronal", "sagittal"]
 DEFAULT_LOCATIONS = (Path("config.toml"), Path("/etc/bonect/config.toml"))
+MODEL_KEYWORDS = ("auto", "classical")  # [converter] model: these, or a model folder
 
 
 class NodeConfig(BaseModel, frozen=True, extra="forbid"):
@@ -148,7 +149,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "tls_ca": _resolve(config.security.tls_ca, base),
         }
     )
-    return config.model_copy(update={"storage": storage, "security": security})
+    converter = config.converter
+    if converter.model not in MODEL_KEYWORDS:  # a model folder
+        model = str(_resolve(Path(converter.model), base))
+        converter = converter.model_copy(update={"model": model})
+    return config.model_copy(
+        update={"storage": storage, "security": security, "converter": converter}
+    )
 
 
 def _error_line(loc: tuple[int | str, ...], message: str) -> str:

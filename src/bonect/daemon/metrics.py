@@ -1,4 +1,18 @@
-"""Prometheus metrics of the node, in a registry of its own, served over HTTP on request."""
+"""Prometheus metrics of the node, in a registry of its own, served over HTTP on request.
+
+Counters and the conversion histogram are updated by the node as things happen. The job gauges
+and the age of the oldest waiting job are read from the catalog at scrape time, so they are
+right whichever process (or host) changed the catalog; the model label is asked of the holder.
+
+* ``bonect_instances_received_total`` (counter): instances archived, C-STORE and drop folder;
+* ``bonect_series_completed_total`` (counter): bone-MR series settled and queued;
+* ``bonect_jobs{state}`` (gauge): jobs by state, every state, zero included;
+* ``bonect_oldest_queued_job_age_seconds`` (gauge): age of the oldest job waiting for a worker;
+* ``bonect_conversion_seconds`` (histogram): seconds to convert one series;
+* ``bonect_send_failures_total`` (counter): instances not stored on an attempt;
+* ``bonect_model_info{label}`` (info): the conversion method in use;
+* ``bonect_catalog_up`` (gauge): 1 when the catalog answered the scrape.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
 
 from bonect.catalog.queue import Catalog
 
@@ -27,23 +42,41 @@ class _CatalogCollector(Collector):
         self._model_label = model_label
         self._clock = clock
 
-    def collect(self) -> Iterator[Any]:
-        jobs = GaugeMetricFamily("bonect_jobs", "Jobs by state", labels=["state"])
-        for state, count in self._catalog.counts_by_state().items():
-            jobs.add_metric([state.value], count)
-        yield jobs
-        oldest = self._catalog.oldest_waiting_since()
-        age = 0.0 if oldest is None else (self._clock() - oldest).total_seconds()
+    def describe(self) -> Iterator[Any]:
+        """The metric families without values, so registering reads nothing."""
+        yield GaugeMetricFamily("bonect_jobs", "Jobs by state", labels=["state"])
         yield GaugeMetricFamily(
-            "bonect_oldest_queued_job_age_seconds", "Age of the oldest job waiting", value=age
+            "bonect_oldest_queued_job_age_seconds", "Age of the oldest job waiting"
         )
+        yield InfoMetricFamily("bonect_model", "The conversion method in use")
+        yield GaugeMetricFamily("bonect_catalog_up", "1 when the catalog answered")
+
+    def collect(self) -> Iterator[Any]:
         info = InfoMetricFamily("bonect_model", "The conversion method in use")
         info.add_metric([], {"label": self._model_label()})
         yield info
+        try:
+            counts = self._catalog.counts_by_state()
+            oldest = self._catalog.oldest_waiting_since()
+        except SQLAlchemyError as exc:  # a scrape must not fail: say the catalog is down
+            logger.warning("metrics: the catalog did not answer: %s", exc)
+            yield GaugeMetricFamily("bonect_catalog_up", "1 when the catalog answered", value=0)
+            return
+        yield GaugeMetricFamily("bonect_catalog_up", "1 when the catalog answered", value=1)
+        jobs = GaugeMetricFamily("bonect_jobs", "Jobs by state", labels=["state"])
+        for state, count in counts.items():
+            jobs.add_metric([state.value], count)
+        yield jobs
+        age = 0.0 if oldest is None else max(0.0, (self._clock() - oldest).total_seconds())
+        yield GaugeMetricFamily(
+            "bonect_oldest_queued_job_age_seconds", "Age of the oldest job waiting", value=age
+        )
 
 
 @dataclass
 class NodeMetrics:
+    """The node's metrics; build with :meth:`create`, serve with :meth:`serve`."""
+
     registry: CollectorRegistry
     instances_received: Counter
     series_completed: Counter
@@ -68,7 +101,7 @@ class NodeMetrics:
             conversion_seconds=Histogram(
                 "bonect_conversion_seconds",
                 "Seconds to convert one series",
-                buckets=(5, 10, 20, 40, 80, 160, 320, 640),
+                buckets=(1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640),
                 registry=registry,
             ),
             send_failures=Counter(

@@ -1,0 +1,373 @@
+"""``bonect-daemon`` as an operator runs it (check-config, status, jobs, retry, echo); config.toml.
+
+The commands run as subprocesses of the installed console script, against a catalog filled
+through the :class:`Catalog` API and an in-process pynetdicom Verification SCP on port 0.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import pytest
+from pydantic import BaseModel
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from bonect.catalog import Catalog, catalog_url
+from bonect.catalog.jobs import JobState
+from bonect.catalog.models import Role, SendStatus
+from bonect.config import Config, ConverterConfig, StorageConfig, load_config
+from bonect.daemon.cli import EXIT_CONFIG, JobTimeline, model_summary
+from catalog.catalog_support import START, FakeClock, receive, series_headers
+from dicom_peers import free_port
+
+DAEMON = Path(sys.executable).parent / "bonect-daemon"
+REPO = Path(__file__).resolve().parents[2]
+DONE, FAILED, WAITING = (f"1.2.826.0.1.3680043.8.498.{n}" for n in (100, 200, 300))
+
+
+def run(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    options = [] if config is None else ["--config", str(config)]
+    return subprocess.run(
+        [str(DAEMON), *options, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def write_config(folder: Path, *, pacs_port: int = 4242, extra: str = "") -> Path:
+    path = folder / "config.toml"
+    path.write_text(
+        f"""
+[node]
+port = 11112
+
+[storage]
+dir = "var"
+
+[metrics]
+enabled = false
+
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = {pacs_port}
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+# -- config.toml, the annotated defaults -----------------------------------------------------
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a [section] or of the items of an [[array of tables]], else None."""
+    if get_origin(annotation) is tuple:
+        annotation = get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def undocumented(
+    model: type[BaseModel], data: dict[str, Any], text: str, prefix: str = ""
+) -> list[str]:
+    """Keys of ``model`` neither set in ``data`` nor shown as a commented ``# key = ...``."""
+    missing = []
+    for name, info in model.model_fields.items():
+        if name not in data:
+            if not re.search(rf"^#\s*{name}\s*=", text, re.MULTILINE):
+                missing.append(prefix + name)
+            continue
+        sub = _section_model(info.annotation)
+        if sub is not None:
+            value = data[name]
+            for item in value if isinstance(value, list) else [value]:
+                missing += undocumented(sub, item, text, f"{prefix}{name}.")
+    return missing
+
+
+def test_config_toml_shows_every_section_and_key() -> None:
+    text = (REPO / "config.toml").read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    assert set(data) == set(Config.model_fields)  # every section, nothing else
+    assert undocumented(Config, data, text) == []
+
+
+def test_config_toml_holds_the_defaults_and_loads() -> None:
+    config = load_config(REPO / "config.toml")
+    defaults = Config()
+    for section in Config.model_fields:
+        if section not in ("storage", "destinations"):
+            assert getattr(config, section) == getattr(defaults, section), section
+    assert config.storage.dir == REPO / "var"  # relative to the file
+    assert [d.name for d in config.destinations] == ["pacs"]
+
+
+def leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key of the config as ``section.key`` (items of arrays of tables without index)."""
+    keys = []
+    for name, info in model.model_fields.items():
+        sub = _section_model(info.annotation)
+        keys += [prefix + name] if sub is None else leaf_keys(sub, f"{prefix}{name}.")
+    return keys
+
+
+def test_the_readme_explains_every_key() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## The DICOM node\n")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    keys = leaf_keys(Config)
+    assert len(keys) > 30
+    assert [key for key in keys if f"| `{key}` |" not in section] == []
+
+
+def test_check_config_accepts_the_shipped_file() -> None:
+    result = run(REPO / "config.toml", "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "config.toml: OK" in result.stdout
+    assert "BONECT on 127.0.0.1:11112" in result.stdout
+
+
+# -- check-config and start on a bad config --------------------------------------------------
+
+
+def test_check_config_lists_every_problem_and_exits_78(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, pacs_port=70000, extra='[settle]\nquiet_seconds = -1\ncolour = "red"\n'
+    )
+    result = run(config, "check-config")
+    assert result.returncode == EXIT_CONFIG
+    assert "destinations.0.port: Input should be less than or equal to 65535" in result.stderr
+    assert "settle.quiet_seconds: Input should be greater than 0" in result.stderr
+    assert "settle.colour: Extra inputs are not permitted" in result.stderr
+
+
+def test_check_config_finds_missing_files(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        extra='[security]\ntls_certificate = "tls/node.pem"\ntls_key = "tls/node.key"\n'
+        '[converter]\nmodel = "models/mine"\n',
+    )
+    result = run(config, "check-config")
+    assert result.returncode == EXIT_CONFIG
+    assert f"security.tls_certificate: {tmp_path}/tls/node.pem does not exist" in result.stderr
+    assert f"security.tls_key: {tmp_path}/tls/node.key does not exist" in result.stderr
+    assert f"converter.model: {tmp_path}/models/mine: not a model folder" in result.stderr
+
+
+def test_start_on_a_bad_config_exits_78(tmp_path: Path) -> None:
+    config = write_config(tmp_path, extra='[node]\nae_title = "A_TITLE_FAR_TOO_LONG"\n')
+    result = run(config, "start")
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "config error" in result.stderr
+
+
+def test_start_accepts_config_after_the_command(tmp_path: Path) -> None:
+    bad = write_config(tmp_path, pacs_port=0)
+    result = run(None, "start", "--config", str(bad))
+    assert result.returncode == EXIT_CONFIG
+    assert "destinations.0.port" in result.stderr
+
+
+def test_no_config_file_is_a_config_error(tmp_path: Path) -> None:
+    result = run(tmp_path / "missing.toml", "check-config")
+    assert result.returncode == EXIT_CONFIG
+    assert "missing.toml" in result.stderr
+
+
+# -- status, jobs, retry ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A config whose catalog holds a done, a failed and a waiting job."""
+    config = write_config(tmp_path)
+    catalog = Catalog.open(catalog_url(tmp_path / "var", ""))
+    clock = FakeClock()
+    ids = {}
+    try:
+        for uid in (DONE, FAILED, WAITING):
+            receive(catalog, series_headers(3, uid), clock.now(), association_id=uid)
+            clock.advance(1)
+            catalog.association_released(uid, clock.now())  # released 1 s after the last one
+            clock.advance(1)
+            settled = catalog.settle_series(uid, revision=3, role=Role.CONVERT, now=clock.now())
+            assert settled is not None and settled.job_id is not None
+            ids[uid] = settled.job_id
+        clock.advance(3)  # the first job, queued at 2 s, waited 7 s
+        done = catalog.claim_next(clock.now(), worker_id="host:1:0")
+        assert done is not None
+        clock.advance(20)
+        timings = {"read": 0.5, "convert": 12.0, "write": 1.5, "send": 6.0}
+        catalog.finish(done, now=clock.now(), timings=timings)
+        failed = catalog.claim_next(clock.now(), worker_id="host:1:0")
+        assert failed is not None
+        catalog.fail(failed, "missing slices: about 2 slices seem missing", now=clock.now())
+        waiting = catalog.claim_next(clock.now(), worker_id="host:1:0")
+        assert waiting is not None
+        converted = catalog.mark_converted(
+            waiting, output_dir=tmp_path / "out", model_version="classical 1", now=clock.now()
+        )
+        uid = f"{WAITING}.9"
+        catalog.plan_sends(converted, [(uid, tmp_path / "out" / "x.dcm")], ["pacs"], now=START)
+        catalog.record_send(
+            converted,
+            uid,
+            "pacs",
+            status=SendStatus.PENDING,
+            now=clock.now(),
+            error="association rejected",
+        )
+        catalog.retry_later(
+            converted,
+            at=clock.now() + timedelta(seconds=40),
+            reason="1 instance(s) not yet stored",
+            now=clock.now(),
+        )
+    finally:
+        catalog.close()
+    return config, {"done": ids[DONE], "failed": ids[FAILED], "waiting": ids[WAITING]}
+
+
+def test_status_shows_queue_model_timings_and_errors(filled: tuple[Path, dict[str, int]]) -> None:
+    config, ids = filled
+    result = run(config, "status")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert (
+        "jobs: queued 0, running 0, converted 0, sending 0, retry_wait 1, done 1, failed 1" in out
+    )
+    assert "model: auto: classical (no model promoted)" in out
+    assert f"last done: job {ids['done']} (series {DONE})" in out
+    assert (
+        "receive 0.0 s, settle wait 1.0 s, queue wait 7.0 s, read 0.5 s, convert 12.0 s, "
+        "write 1.5 s, send 6.0 s, release to done 28.0 s" in out
+    )
+    assert f"job {ids['failed']} failed" in out
+    assert "missing slices: about 2 slices seem missing" in out
+    assert f"job {ids['waiting']} retries at" in out
+    assert "1 instance(s) not yet stored (pacs: association rejected)" in out
+
+
+def test_jobs_lists_newest_first_and_filters_by_state(filled: tuple[Path, dict[str, int]]) -> None:
+    config, ids = filled
+    every = run(config, "jobs")
+    assert every.returncode == 0, every.stderr
+    listed = [int(line.split()[0]) for line in every.stdout.splitlines()]
+    assert listed == sorted(ids.values(), reverse=True)
+    failed = run(config, "jobs", "--state", "failed")
+    (line,) = failed.stdout.splitlines()
+    assert line.split()[:2] == [str(ids["failed"]), "failed"]
+    assert line.endswith("missing slices: about 2 slices seem missing")
+    assert run(config, "jobs", "--state", "queued").stdout.strip() == "no jobs"
+
+
+def test_retry_one_job_then_every_failed_job(filled: tuple[Path, dict[str, int]]) -> None:
+    config, ids = filled
+    not_failed = run(config, "retry", str(ids["done"]))
+    assert not_failed.returncode == 1
+    assert f"job {ids['done']} is done: only a failed job can be retried" in not_failed.stderr
+
+    again = run(config, "retry", str(ids["failed"]))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"job {ids['failed']} queued again"
+    catalog = Catalog.open(catalog_url(config.parent / "var", ""))
+    try:
+        job = catalog.job(ids["failed"])
+        assert job is not None and job.state == JobState.QUEUED and job.attempts == 0
+        catalog.fail(job.id, "again", now=job.not_before)
+    finally:
+        catalog.close()
+    every = run(config, "retry", "--failed")
+    assert every.stdout.strip() == f"queued again: {ids['failed']}"
+    assert run(config, "retry", "--failed").stdout.strip() == "no failed jobs"
+
+
+def test_status_before_the_daemon_ever_ran(tmp_path: Path) -> None:
+    result = run(write_config(tmp_path), "status")
+    assert result.returncode == 1
+    assert "the daemon has not run yet" in result.stderr
+    assert not (tmp_path / "var").exists()  # an operator's command creates nothing
+
+
+def test_timeline_without_a_release_counts_from_the_last_instance() -> None:
+    start = START
+    timeline = JobTimeline(
+        job_id=1,
+        series_uid=DONE,
+        attempts=1,
+        model_version=None,
+        first_received_at=start,
+        last_received_at=start + timedelta(seconds=2),
+        released_at=None,
+        created_at=start + timedelta(seconds=62),
+        claimed_at=start + timedelta(seconds=63),
+        finished_at=start + timedelta(seconds=70),
+        timings={"convert": 5.0},
+    )
+    assert timeline.stages() == [
+        ("receive", 2.0),
+        ("settle wait", 60.0),
+        ("queue wait", 1.0),
+        ("convert", 5.0),
+        ("last instance to done", 68.0),
+    ]
+
+
+def test_the_model_line_names_what_the_registry_promotes(tmp_path: Path, tiny_model: Path) -> None:
+    config = Config(storage=StorageConfig(dir=tmp_path))
+    assert model_summary(config) == "auto: classical (no model promoted)"
+    registry = config.model_registry
+    registry.mkdir()
+    shutil.copytree(tiny_model, registry / "tiny-0")
+    (registry / "promoted").write_text("tiny-0\n", encoding="utf-8")
+    assert model_summary(config) == "auto: tiny 0 (folder tiny-0, NOT FOR CLINICAL USE)"
+    (registry / "promoted").write_text("gone\n", encoding="utf-8")
+    assert model_summary(config).startswith("auto: promoted 'gone' is not a model folder")
+    named = Config(
+        storage=StorageConfig(dir=tmp_path), converter=ConverterConfig(model="classical")
+    )
+    assert model_summary(named) == "classical"
+
+
+# -- echo ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def verification_scp() -> Iterator[int]:
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    assert server is not None
+    yield int(server.server_address[1])
+    ae.shutdown()
+
+
+def test_echo_a_destination(tmp_path: Path, verification_scp: int) -> None:
+    config = write_config(
+        tmp_path,
+        pacs_port=verification_scp,
+        extra=f'[[destinations]]\nname = "down"\nae_title = "DOWN"\nhost = "127.0.0.1"\n'
+        f"port = {free_port()}\n",
+    )
+    ok = run(config, "echo", "pacs")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"C-ECHO pacs (PACS@127.0.0.1:{verification_scp}): success"
+    every = run(config, "echo")  # every destination; one is down
+    assert every.returncode == 1
+    lines = every.stdout.splitlines()
+    assert lines[0].endswith("success")
+    assert lines[1].startswith("C-ECHO down (DOWN@127.0.0.1:") and lines[1].endswith("FAILED")
+    unknown = run(config, "echo", "nowhere")
+    assert unknown.returncode == 1
+    assert "no destination 'nowhere' (known: pacs, down)" in unknown.stderr

@@ -1,0 +1,198 @@
+"""The whole node in-process: C-STORE or drop folder in, sCT out to a PACS, one step at a time.
+
+The node listens on port 0 with a temporary storage folder and no metrics server; the PACS is
+an in-process pynetdicom Storage SCP on port 0 that keeps what it receives. The loop is driven
+with :meth:`Node.step` and a fake clock: nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from bonect.catalog.jobs import JobState
+from bonect.config import (
+    Config,
+    ConverterConfig,
+    Destination,
+    MetricsConfig,
+    NodeConfig,
+    StorageConfig,
+)
+from bonect.daemon.node import Node
+from bonect.daemon.sender import DestinationNode, send_files
+from bonect.phantom.cohort import WrittenPatient
+from catalog.catalog_support import FakeClock
+
+LOCALHOST = "127.0.0.1"
+
+
+@dataclass
+class Pacs:
+    """An in-process Storage SCP that keeps every dataset it is sent."""
+
+    server: ThreadedAssociationServer
+    received: list[Dataset] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def on_store(self, event: Event) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        with self.lock:
+            self.received.append(dataset)
+        return 0x0000
+
+
+@pytest.fixture
+def pacs() -> Iterator[Pacs]:
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    holder: list[Pacs] = []
+
+    def on_store(event: Event) -> int:
+        return holder[0].on_store(event)
+
+    server = ae.start_server(
+        (LOCALHOST, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    holder.append(Pacs(server))
+    yield holder[0]
+    ae.shutdown()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def node(tmp_path: Path, pacs: Pacs, clock: FakeClock) -> Iterator[Node]:
+    config = Config(
+        node=NodeConfig(port=0),
+        storage=StorageConfig(dir=tmp_path / "var", reserve_mb=0),
+        converter=ConverterConfig(model="auto", device="cpu"),  # no model promoted: classical
+        metrics=MetricsConfig(enabled=False),
+        destinations=(Destination(name="pacs", ae_title="PACS", host=LOCALHOST, port=pacs.port),),
+    )
+    opened = Node.open(config, clock=clock.now)
+    yield opened
+    opened.close()
+
+
+def mr_files(patient: WrittenPatient) -> list[Path]:
+    return sorted(patient.mr_dicom.glob("*.dcm"))
+
+
+def assert_one_sct_series(pacs: Pacs, mr: list[Path]) -> None:
+    source = dcmread(mr[0], stop_before_pixels=True)
+    assert len(pacs.received) == len(mr)  # one sCT instance per MR slice, none twice
+    assert len({d.SOPInstanceUID for d in pacs.received}) == len(mr)
+    assert {d.Modality for d in pacs.received} == {"CT"}
+    assert {d.SeriesInstanceUID for d in pacs.received} != {source.SeriesInstanceUID}
+    assert len({d.SeriesInstanceUID for d in pacs.received}) == 1
+    assert {d.StudyInstanceUID for d in pacs.received} == {source.StudyInstanceUID}
+    assert {d.FrameOfReferenceUID for d in pacs.received} == {source.FrameOfReferenceUID}
+    assert all("DERIVED" in d.ImageType for d in pacs.received)
+
+
+def assert_no_patient_identity_logged(caplog: pytest.LogCaptureFixture, mr: list[Path]) -> None:
+    source = dcmread(mr[0], stop_before_pixels=True)
+    secrets = [str(source.PatientID), str(source.PatientName)]
+    assert all(secrets), secrets
+    for record in caplog.records:
+        if record.levelno > logging.DEBUG:
+            text = record.getMessage() + (record.exc_text or "")
+            assert not any(s in text for s in secrets), text
+
+
+def test_a_stored_bone_mr_series_comes_back_as_sct(
+    node: Node,
+    pacs: Pacs,
+    clock: FakeClock,
+    phantom_written: WrittenPatient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bonect")
+    mr = mr_files(phantom_written)
+    report = send_files(
+        mr, DestinationNode("BONECT", LOCALHOST, node.server.port), calling_ae="MODALITY"
+    )
+    assert report.all_stored
+    assert node.wake.wait(timeout=30.0)  # the association's release was recorded
+    assert node.metrics.registry.get_sample_value("bonect_instances_received_total") == len(mr)
+
+    # released and geometry complete: settled, converted and sent without the quiet timer
+    assert node.step(clock.now()) is True
+    (job,) = node.catalog.jobs()
+    assert job.state == JobState.DONE, job.last_error
+    assert set(job.timings) >= {"read", "convert", "write", "send"}
+    assert node.metrics.registry.get_sample_value("bonect_series_completed_total") == 1
+    assert_one_sct_series(pacs, mr)
+
+    assert node.step(clock.advance(3600)) is False  # nothing left to do
+    assert len(pacs.received) == len(mr)
+    assert_no_patient_identity_logged(caplog, mr)
+
+
+def test_files_dropped_into_import_are_converted(
+    node: Node,
+    pacs: Pacs,
+    clock: FakeClock,
+    phantom_written: WrittenPatient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bonect")
+    mr = mr_files(phantom_written)
+    target = node.config.storage.dir / "import" / "from-cd"
+    target.mkdir(parents=True)
+    for path in mr:
+        shutil.copy(path, target / path.name)
+
+    first = node.dropfolder.ingest_once()  # sizes noted: a copy may still be in progress
+    assert (first.waiting, first.ingested) == (len(mr), ())
+    second = node.dropfolder.ingest_once()  # unchanged since: complete
+    assert len(second.ingested) == len(mr)
+    assert not any(target.iterdir())
+
+    assert node.step(clock.now()) is True
+    (job,) = node.catalog.jobs()
+    assert job.state == JobState.DONE, job.last_error
+    assert_one_sct_series(pacs, mr)
+    assert_no_patient_identity_logged(caplog, mr)
+
+
+def test_a_series_that_never_completes_its_geometry_settles_after_the_quiet_time(
+    node: Node, pacs: Pacs, clock: FakeClock, phantom_written: WrittenPatient
+) -> None:
+    mr = mr_files(phantom_written)
+    partial = mr[:10] + mr[12:]  # two slices missing: geometry incomplete
+    report = send_files(
+        partial, DestinationNode("BONECT", LOCALHOST, node.server.port), calling_ae="MODALITY"
+    )
+    assert report.all_stored
+    assert node.wake.wait(timeout=30.0)
+    assert node.step(clock.now()) is False  # released, but not complete: wait
+    assert node.catalog.jobs() == []
+
+    clock.advance(node.config.settle.quiet_seconds + 1)
+    assert node.step(clock.now()) is True  # quiet: settled, then the converter judges it
+    (job,) = node.catalog.jobs()
+    assert job.state == JobState.FAILED
+    assert job.last_error  # the reason, for `bonect-daemon status`
+    assert pacs.received == []
