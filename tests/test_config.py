@@ -47,7 +47,6 @@ series_description = "ZTE"
 enabled = false
 
 [sender]
-send_back_to_sender = true
 max_attempts = 3
 
 [metrics]
@@ -88,7 +87,7 @@ def test_every_section_is_read(tmp_path: Path) -> None:
     assert (config.storage.reserve_mb, config.storage.retention_days) == (512, 0.0)
     assert [rule.series_description for rule in config.rules.convert] == ["ZTE"]
     assert config.rules.keep_ct.enabled is False
-    assert (config.sender.send_back_to_sender, config.sender.max_attempts) == (True, 3)
+    assert config.sender.max_attempts == 3
     assert (config.metrics.port, config.metrics.enabled) == (0, False)
     assert config.destinations == (
         Destination(name="pacs", ae_title="PACS", host="10.0.0.5", port=104),

@@ -68,7 +68,6 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
 
 
 class SenderConfig(BaseModel, frozen=True, extra="forbid"):
-    send_back_to_sender: bool = False  # also C-STORE the sCT to the node that sent the MR
     retry_initial_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     max_attempts: int = Field(default=50, ge=1)  # then the job fails and waits for an operator
