@@ -298,7 +298,7 @@ def test_each_instance_references_its_mr_image_and_the_mr_series(tmp_path: Path)
         (series,) = ds.ReferencedSeriesSequence
         assert series.SeriesInstanceUID == source.series_uid
         referenced = [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence]
-        assert referenced == [s.sop_instance_uid for s in source.sources]
+        assert referenced == [image.sop_instance_uid]  # what this instance references
         (related,) = ds.RelatedSeriesSequence
         assert related.SeriesInstanceUID == source.series_uid
         assert related.StudyInstanceUID == source.header.StudyInstanceUID

@@ -315,20 +315,18 @@ def _source_image_item(image: SourceImage) -> Dataset:
     return item
 
 
-def _referenced_series(source: MRSeries) -> DicomSequence:
-    """The Common Instance Reference module's Referenced Series Sequence: the MR series."""
+def _referenced_series(source: MRSeries, image: SourceImage) -> DicomSequence:
+    """The Common Instance Reference module's Referenced Series Sequence.
+
+    It lists the instances this instance references (its source MR image), in their series;
+    listing every MR instance in every sCT instance made writing quadratic in the slice count.
+    """
     series = Dataset()
     series.SeriesInstanceUID = source.series_uid
-    seen: dict[str, str] = {}
-    for image in source.sources:
-        seen.setdefault(image.sop_instance_uid, image.sop_class_uid)
-    instances = []
-    for instance_uid, class_uid in seen.items():
-        item = Dataset()
-        item.ReferencedSOPClassUID = class_uid
-        item.ReferencedSOPInstanceUID = instance_uid
-        instances.append(item)
-    series.ReferencedInstanceSequence = instances
+    item = Dataset()
+    item.ReferencedSOPClassUID = image.sop_class_uid
+    item.ReferencedSOPInstanceUID = image.sop_instance_uid
+    series.ReferencedInstanceSequence = [item]
     return DicomSequence([series])
 
 
@@ -481,7 +479,6 @@ def synthetic_ct_datasets(
     series.ImageComments = comments
     # General Reference, Common Instance Reference
     series.DerivationDescription = derivation
-    series.ReferencedSeriesSequence = _referenced_series(source)
     # Image Pixel
     series.SamplesPerPixel = 1
     series.PhotometricInterpretation = "MONOCHROME2"
@@ -506,6 +503,7 @@ def synthetic_ct_datasets(
         ds.SOPInstanceUID = instance_uids[k]
         ds.InstanceNumber = k + 1
         ds.SourceImageSequence = [_source_image_item(source.sources[k])]
+        ds.ReferencedSeriesSequence = _referenced_series(source, source.sources[k])
         ds.update(image_plane_module(affine, k))
         ds.PixelData = _hu_to_int16(hu[k]).tobytes()  # slice by slice: no float64 volume
         datasets.append(ds)

@@ -27,9 +27,10 @@ from bonect.converter.pipeline import convert, method_identity
 from bonect.daemon.metrics import NodeMetrics
 from bonect.daemon.models import ModelHolder
 from bonect.daemon.sender import (
+    STORED_STATUSES,
     DestinationNode,
+    OnResult,
     RetryPolicy,
-    SendOutcome,
     SendTimeouts,
     send_files,
 )
@@ -177,28 +178,34 @@ class Worker:
                 node,
                 calling_ae=self.settings.calling_ae,
                 timeouts=self.settings.timeouts,
+                on_result=self._send_recorder(job, name),
             )
-            now = self.clock()
-            for result in report.results:
-                # an unknown outcome (timeout) or a refusal stays pending: the job's backoff
-                # sends it again, with the same SOP Instance UID, so nothing is duplicated
-                stored = result.outcome == SendOutcome.STORED
-                status = SendStatus.STORED if stored else SendStatus.PENDING
-                self.catalog.record_send(
-                    job,
-                    result.sop_instance_uid,
-                    name,
-                    status=status,
-                    now=now,
-                    status_code=result.status,
-                    error=result.error,
-                )
             missing += len(report.results) - len(report.stored)
         if missing and self.metrics is not None:
             self.metrics.send_failures.inc(missing)
         self.last_timings.add("send", started)
         if missing:
             raise SendIncomplete(f"{missing} instance(s) not yet stored")
+
+    def _send_recorder(self, job: JobRecord, destination: str) -> OnResult:
+        """Record each answer as it arrives, so that a series half-sent when the process
+        dies resumes with exactly the instances not yet stored."""
+
+        def record(sop_instance_uid: str, code: int | None, error: str | None) -> None:
+            # an unknown outcome (timeout) or a refusal stays pending: the job's backoff
+            # sends it again, with the same SOP Instance UID, so nothing is duplicated
+            stored = code is not None and code in STORED_STATUSES
+            self.catalog.record_send(
+                job,
+                sop_instance_uid,
+                destination,
+                status=SendStatus.STORED if stored else SendStatus.PENDING,
+                now=self.clock(),
+                status_code=code,
+                error=error,
+            )
+
+        return record
 
 
 def _sop_uid(path: Path) -> str:
