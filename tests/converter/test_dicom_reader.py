@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,18 +42,6 @@ from series_factory import (
 SHAPE = (8, 16, 16)
 SPACING = (2.5, 0.75, 1.25)
 OBLIQUE = (0.866025404, 0.5, 0.0, -0.35355339, 0.612372436, -0.707106781)
-
-
-@pytest.fixture(autouse=True)
-def _strict_pydicom() -> Iterator[None]:
-    """Run every test with pydicom's strict validation, restoring the previous modes."""
-    reading = pydicom_config.settings.reading_validation_mode
-    writing = pydicom_config.settings.writing_validation_mode
-    pydicom_config.settings.reading_validation_mode = pydicom_config.RAISE
-    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
-    yield
-    pydicom_config.settings.reading_validation_mode = reading
-    pydicom_config.settings.writing_validation_mode = writing
 
 
 def _assert_geometry(series: MRSeries, datasets: list[Dataset]) -> None:

@@ -12,7 +12,6 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -51,12 +50,6 @@ PLANES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]]
         (0.0, 0.25881904510252074, -0.9659258262890683),
     ),
 }
-
-
-@pytest.fixture(autouse=True)
-def _strict_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.RAISE)
-    monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.RAISE)
 
 
 def plane_affine(plane: str, *, stacking: Stacking = "dicom") -> npt.NDArray[np.float64]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
@@ -20,17 +18,6 @@ from bonect.daemon.archive import (
 )
 from bonect.errors import BonectError
 from series_factory import make_mr_series, write_series
-
-
-@pytest.fixture(autouse=True)
-def _strict_pydicom() -> Iterator[None]:
-    reading = pydicom_config.settings.reading_validation_mode
-    writing = pydicom_config.settings.writing_validation_mode
-    pydicom_config.settings.reading_validation_mode = pydicom_config.RAISE
-    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
-    yield
-    pydicom_config.settings.reading_validation_mode = reading
-    pydicom_config.settings.writing_validation_mode = writing
 
 
 def _ref(**changes: str) -> InstanceRef:

@@ -50,17 +50,6 @@ STORESCU_PROPOSE = {
 needs_dcmtk = pytest.mark.skipif(not have("storescu"), reason="DCMTK is not installed")
 
 
-@pytest.fixture(autouse=True)
-def _strict_pydicom() -> Iterator[None]:
-    reading = pydicom_config.settings.reading_validation_mode
-    writing = pydicom_config.settings.writing_validation_mode
-    pydicom_config.settings.reading_validation_mode = pydicom_config.RAISE
-    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
-    yield
-    pydicom_config.settings.reading_validation_mode = reading
-    pydicom_config.settings.writing_validation_mode = writing
-
-
 @dataclass
 class Recorded:
     ref: InstanceRef

@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -40,17 +39,6 @@ from dicom_peers import OrthancServer, free_port, have
 from series_factory import make_mr_series, write_series
 
 FAST = SendTimeouts(connect=5, acse=5, dimse=5, network=5)
-
-
-@pytest.fixture(autouse=True)
-def _strict_pydicom() -> Iterator[None]:
-    reading = pydicom_config.settings.reading_validation_mode
-    writing = pydicom_config.settings.writing_validation_mode
-    pydicom_config.settings.reading_validation_mode = pydicom_config.RAISE
-    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
-    yield
-    pydicom_config.settings.reading_validation_mode = reading
-    pydicom_config.settings.writing_validation_mode = writing
 
 
 @dataclass

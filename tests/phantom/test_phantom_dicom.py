@@ -11,7 +11,6 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
@@ -38,12 +37,6 @@ STUDY = StudyInfo(
     study_id="1",
 )
 FRAME = "1.2.826.0.1.3680043.8.498.2"
-
-
-@pytest.fixture(autouse=True)
-def _strict_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pydicom_config.settings, "reading_validation_mode", pydicom_config.RAISE)
-    monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.RAISE)
 
 
 def head_affine(plane: Literal["axial", "sagittal"]) -> npt.NDArray[np.float64]:
