@@ -4,7 +4,10 @@ Every process started here gets ``TCP_NODELAY=1`` in its environment: DCMTK and 
 Nagle's algorithm on otherwise, which costs 10-80x on loopback (see FIELD-NOTES.md).
 
 * :func:`storescu` and :func:`echoscu` run the DCMTK tools against a port and return the
-  completed process (exit code, output); they never raise on a DICOM failure.
+  completed process (exit code, output); they never raise on a DICOM failure. They are looked
+  up on the PATH outside this Python's own ``bin`` folder (:func:`peer_program`): pynetdicom
+  installs Python apps of the same names into a virtual environment, and an activated one
+  would otherwise put them first.
 * :class:`OrthancServer` starts Debian's ``Orthanc`` on free DICOM and HTTP ports with its own
   storage and configuration in a temporary folder, and reads what it stored over its REST API.
 """
@@ -16,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,9 +31,25 @@ from typing import Any
 LOCALHOST = "127.0.0.1"
 
 
+def peer_program(program: str) -> str | None:
+    """The path of the real peer ``program`` on the PATH, skipping this Python's ``bin`` folder
+    (where pynetdicom's same-named ``storescu``/``echoscu`` apps are installed); or None."""
+    own = Path(sys.executable).parent.resolve()
+    folders = os.environ.get("PATH", "").split(os.pathsep)
+    path = os.pathsep.join(f for f in folders if f and Path(f).resolve() != own)
+    return shutil.which(program, path=path)
+
+
 def have(program: str) -> bool:
     """Whether ``program`` is on the PATH (tests skip when a peer is not installed)."""
-    return shutil.which(program) is not None
+    return peer_program(program) is not None
+
+
+def _program(program: str) -> str:
+    found = peer_program(program)
+    if found is None:
+        raise FileNotFoundError(f"{program} is not installed (scripts/install-system-deps)")
+    return found
 
 
 def peer_env() -> dict[str, str]:
@@ -55,7 +75,8 @@ def storescu(
     timeout: float = 120.0,
 ) -> subprocess.CompletedProcess[str]:
     """Send files with DCMTK ``storescu`` (one association); exit code 0 when all stored."""
-    args = ["storescu", "-aet", calling_ae, "-aec", called_ae, *extra_args, host, str(port)]
+    args = [_program("storescu"), "-aet", calling_ae, "-aec", called_ae, *extra_args, host]
+    args.append(str(port))
     return subprocess.run(
         [*args, *(str(p) for p in paths)],
         env=peer_env(),
@@ -76,7 +97,7 @@ def echoscu(
 ) -> subprocess.CompletedProcess[str]:
     """C-ECHO with DCMTK ``echoscu``; exit code 0 when the peer answered."""
     return subprocess.run(
-        ["echoscu", "-aet", calling_ae, "-aec", called_ae, host, str(port)],
+        [_program("echoscu"), "-aet", calling_ae, "-aec", called_ae, host, str(port)],
         env=peer_env(),
         capture_output=True,
         text=True,
@@ -155,7 +176,10 @@ class OrthancServer:
         config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
         log = (self.folder / "orthanc.log").open("wb")
         self._process = subprocess.Popen(
-            ["Orthanc", str(config_path)], env=peer_env(), stdout=log, stderr=subprocess.STDOUT
+            [_program("Orthanc"), str(config_path)],
+            env=peer_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         self._wait_ready()

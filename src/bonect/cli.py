@@ -22,7 +22,7 @@ EXIT_SOFTWARE = 70
 EXIT_CONFIG = 78
 
 
-def _spacing(text: str) -> tuple[float, float, float]:
+def spacing_arg(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -32,7 +32,7 @@ def _spacing(text: str) -> tuple[float, float, float]:
     return (values[0], values[1], values[2])
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="planes to predict in and fuse by median (default: all three)",
     )
     convert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    convert.add_argument("--batch-size", type=_positive, default=16)
+    convert.add_argument("--batch-size", type=positive_int, default=16)
     convert.add_argument(
         "--config", type=Path, default=None, help="config.toml (for the model registry)"
     )
@@ -96,20 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
         "mask.nii.gz.",
     )
     phantom.add_argument("output", type=Path, metavar="OUT")
-    phantom.add_argument("--patients", type=_positive, default=1)
+    phantom.add_argument("--patients", type=positive_int, default=1)
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--contrast", choices=("zte", "ute", "gre"), default="zte")
     phantom.add_argument("--orientation", choices=("axial", "sagittal", "coronal"), default="axial")
     phantom.add_argument(
         "--spacing",
-        type=_spacing,
+        type=spacing_arg,
         default=(2.0, 1.5, 1.5),
         metavar="S,R,C",
         help="MR voxel size in mm: slice, row, column (default: 2.0,1.5,1.5)",
     )
     phantom.add_argument(
         "--ct-spacing",
-        type=_spacing,
+        type=spacing_arg,
         default=(1.5, 1.0, 1.0),
         metavar="S,R,C",
         help="CT voxel size in mm, axial: slice, row, column (default: 1.5,1.0,1.0)",
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--model", type=Path, default=None, help="model folder (default: the bundled phantom model)"
     )
-    demo.add_argument("--patients", type=_positive, default=2)
+    demo.add_argument("--patients", type=positive_int, default=2)
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo.set_defaults(handler=_demo)
     return parser
@@ -209,25 +209,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Translate errors into one line on stderr and an exit code."""
+def run(
+    handler: Callable[[argparse.Namespace], int],
+    args: argparse.Namespace,
+    *,
+    prog: str = "bonect",
+    interrupted: str = "interrupted",
+) -> int:
+    """Translate errors into one line on stderr and an exit code (every bonect command)."""
     try:
-        return handler(args)
+        return int(handler(args))
     except ConfigError as exc:
-        print(f"bonect: config error: {exc}", file=sys.stderr)
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except BonectError as exc:
         if args.verbose:
             logger.exception("failed")
-        print(f"bonect: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("bonect: interrupted", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
     except Exception as exc:  # boundary: no traceback for users unless -v
         if args.verbose:
             logger.exception("unexpected failure")
-        print(f"bonect: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{prog}: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_SOFTWARE
 
 

@@ -68,6 +68,8 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
 
 
 class SenderConfig(BaseModel, frozen=True, extra="forbid"):
+    # also send the sCT to the destination whose ae_title is the MR sender's calling AE title
+    return_to_sender: bool = False
     retry_initial_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     max_attempts: int = Field(default=50, ge=1)  # then the job fails and waits for an operator
@@ -95,11 +97,41 @@ class ConverterConfig(BaseModel, frozen=True, extra="forbid"):
     batch_size: int = Field(default=16, ge=1)
 
 
+class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
+    """``bonect-trainer``: pairing, registration, training and evaluation."""
+
+    pair_window_days: float = Field(default=183.0, gt=0)  # MR and CT at most this far apart
+    registration_threshold: float = Field(default=0.7, ge=0, le=1)  # lower scores: set aside
+    image_size: int = Field(default=128, ge=16)  # model input (the paper: 224)
+    architecture: Literal["light_unet", "vgg16_unet"] = "light_unet"
+    loss: Literal["mae", "mse", "mix"] = "mae"
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=100, ge=1)
+    patience: int = Field(default=5, ge=1)  # early stop after this many epochs without gain
+    steps_per_epoch: int = Field(default=0, ge=0)  # 0: every slice once per epoch
+    folds: int = Field(default=4, ge=2)  # patient-level cross-validation
+    repeats: int = Field(default=1, ge=1)  # the paper repeated its 4-fold CV 10 times
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    external_sites: tuple[str, ...] = ()  # default --external sites of `augment`
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError("must be a multiple of 16 (the U-Net halves it four times)")
+        return value
+
+
 class Destination(BaseModel, frozen=True, extra="forbid"):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64)
     ae_title: str = Field(min_length=1, max_length=16)
     host: str
     port: int = Field(ge=1, le=65535)
+    # "all": every sCT; "returns": only the sCT of series it sent ([sender] return_to_sender)
+    receives: Literal["all", "returns"] = "all"
+    # withdraw a replaced sCT series here with an IHE IOCM rejection note (a KOS)
+    rejection_notes: bool = True
 
 
 class Config(BaseModel, frozen=True, extra="forbid"):
@@ -112,6 +144,7 @@ class Config(BaseModel, frozen=True, extra="forbid"):
     rules: RulesConfig = RulesConfig()
     sender: SenderConfig = SenderConfig()
     metrics: MetricsConfig = MetricsConfig()
+    trainer: TrainerConfig = TrainerConfig()
     destinations: tuple[Destination, ...] = ()
 
     @model_validator(mode="after")
@@ -131,6 +164,11 @@ class Config(BaseModel, frozen=True, extra="forbid"):
     def model_registry(self) -> Path:
         """The folder of model versions and the pointer to the promoted one."""
         return self.storage.dir / "models"
+
+    @property
+    def trainer_dir(self) -> Path:
+        """The trainer's sites, registrations, slice cache and runs."""
+        return self.storage.dir / "trainer"
 
 
 def _resolve(path: Path | None, base: Path) -> Path | None:

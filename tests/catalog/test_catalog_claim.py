@@ -1,22 +1,15 @@
 """Claiming is atomic: several catalogs and threads on one database never share a job.
 
-The same race runs on SQLite (always) and on a throwaway PostgreSQL cluster started in tmp_path
-when the server binaries and a driver are installed and we are not root (initdb refuses root);
-otherwise that case is skipped.
+Each race runs on SQLite and on PostgreSQL (see conftest.py): on SQLite write transactions run
+one at a time; on PostgreSQL the claims really overlap, and ``FOR UPDATE SKIP LOCKED`` plus the
+conditional ``UPDATE`` are what keep two workers off one job, and off one series.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import socket
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
@@ -28,6 +21,7 @@ from catalog.catalog_support import FakeClock, header, receive
 JOBS = 60
 CATALOGS = 2
 THREADS_PER_CATALOG = 4
+SERIES = 12
 
 
 def race(url: str, clock: FakeClock) -> None:
@@ -75,8 +69,76 @@ def race(url: str, clock: FakeClock) -> None:
             catalog.close()
 
 
-def test_claims_never_collide_on_sqlite(db_url: str, clock: FakeClock) -> None:
+def test_claims_never_collide(db_url: str, clock: FakeClock) -> None:
     race(db_url, clock)
+
+
+def test_generations_of_one_series_are_never_in_flight_together(
+    db_url: str, clock: FakeClock
+) -> None:
+    """Per series, generation 1 came back from a worker (``retry_wait``, due, with output) after
+    generation 2 was queued: racing workers take generation 2 only, each once, never two jobs
+    of one series at a time, and generation 1 ends superseded."""
+    catalogs = [Catalog.open(db_url) for _ in range(CATALOGS)]
+    try:
+        setup = catalogs[0]
+        uids = [f"1.2.826.0.1.3680043.8.498.{2000 + k}" for k in range(SERIES)]
+        for uid in uids:
+            receive(setup, [header(uid)], clock.now())
+            setup.enqueue_job(uid, clock.now())
+        olds = []
+        while (job := setup.claim_next(clock.now(), "setup")) is not None:
+            olds.append(
+                setup.mark_converted(job, output_dir=Path("/o"), model_version="m", now=clock.now())
+            )
+        assert len(olds) == SERIES
+        newer = {}
+        for uid in uids:
+            receive(setup, [header(uid, 1)], clock.now())  # the series grows: generation 2
+            newer[uid] = setup.enqueue_job(uid, clock.now())
+        for old in olds:
+            setup.retry_later(old, at=clock.now(), reason="PACS down", now=clock.now())
+
+        held: dict[str, str] = {}
+        overlaps: list[str] = []
+        claimed: list[int] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+        start = threading.Barrier(CATALOGS * THREADS_PER_CATALOG)
+
+        def work(catalog: Catalog, name: str) -> None:
+            try:
+                start.wait()
+                while (job := catalog.claim_next(clock.now(), name)) is not None:
+                    with lock:
+                        if job.series_uid in held:
+                            overlaps.append(f"{name} and {held[job.series_uid]}")
+                        held[job.series_uid] = name
+                        claimed.append(job.id)
+                    catalog.finish(job, now=clock.now())
+                    with lock:
+                        del held[job.series_uid]
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=work, args=(catalog, f"c{c}-t{t}"))
+            for c, catalog in enumerate(catalogs)
+            for t in range(THREADS_PER_CATALOG)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert overlaps == []
+        assert sorted(claimed) == sorted(newer.values())
+        states = {job.id: job.state for job in setup.jobs()}
+        assert {states[old.id] for old in olds} == {JobState.SUPERSEDED}
+        assert {states[job_id] for job_id in newer.values()} == {JobState.DONE}
+    finally:
+        for catalog in catalogs:
+            catalog.close()
 
 
 def test_claim_query_locks_rows_on_postgresql() -> None:
@@ -89,54 +151,3 @@ def test_schema_compiles_for_postgresql() -> None:
     for table in Base.metadata.sorted_tables:
         ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
         assert ddl.startswith("\nCREATE TABLE")
-
-
-def _postgres_bin() -> Path | None:
-    pg_ctl = shutil.which("pg_ctl")
-    if pg_ctl:
-        return Path(pg_ctl).resolve().parent
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
-def _driver() -> str | None:
-    for module, dialect in (("psycopg", "psycopg"), ("psycopg2", "psycopg2"), ("pg8000", "pg8000")):
-        if importlib.util.find_spec(module) is not None:
-            return dialect
-    return None
-
-
-def _run(*args: object) -> None:
-    subprocess.run([str(a) for a in args], check=True, capture_output=True, timeout=120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def postgres_url(tmp_path: Path) -> Iterator[str]:
-    """A throwaway PostgreSQL cluster in tmp_path on a free port; its URL."""
-    bindir, driver = _postgres_bin(), _driver()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed")
-    if driver is None:
-        pytest.skip("no PostgreSQL driver (psycopg, psycopg2, pg8000) installed")
-    if os.geteuid() == 0:
-        pytest.skip("initdb refuses to run as root")
-    data, sockets, port = tmp_path / "pg", tmp_path / "sock", _free_port()
-    sockets.mkdir()
-    _run(bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust")
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-    _run(bindir / "pg_ctl", "-D", data, "-o", options, "-l", tmp_path / "pg.log", "-w", "start")
-    try:
-        yield f"postgresql+{driver}://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        _run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
-
-
-def test_claims_never_collide_on_postgresql(postgres_url: str, clock: FakeClock) -> None:
-    race(postgres_url, clock)

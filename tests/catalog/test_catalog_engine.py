@@ -6,10 +6,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.exc import StatementError
 
 from bonect.catalog import Catalog, catalog_url, open_engine
+from bonect.catalog.engine import engine_url
 from catalog.catalog_support import START, header
 
 
@@ -34,6 +35,7 @@ def test_sqlite_pragmas_and_tables(tmp_path: Path) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_write_transactions_begin_immediate(catalog: Catalog) -> None:
     statements: list[str] = []
 
@@ -70,3 +72,31 @@ def test_times_come_back_aware_utc(catalog: Catalog) -> None:
 def test_naive_times_are_refused(catalog: Catalog) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
         catalog.record_instance(header(), Path("/a/1.dcm"), received_at=datetime(2026, 1, 1))
+
+
+def test_a_postgresql_url_without_a_driver_gets_psycopg() -> None:
+    assert engine_url("postgresql://u:p@db/bonect").drivername == "postgresql+psycopg"
+    assert engine_url("postgresql+pg8000://u@db/x").drivername == "postgresql+pg8000"
+    assert engine_url("sqlite:////tmp/x.sqlite3").drivername == "sqlite"
+
+
+def test_a_catalog_of_an_earlier_version_gets_the_new_columns(db_url: str) -> None:
+    """No migrations yet: the nullable columns added since are added when it is opened."""
+    open_engine(db_url).dispose()
+    engine = create_engine(engine_url(db_url))
+    with engine.begin() as conn:  # back to what the previous version created
+        conn.execute(text("ALTER TABLE series DROP COLUMN calling_ae"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN output_series_uid"))
+    assert "calling_ae" not in {c["name"] for c in inspect(engine).get_columns("series")}
+    engine.dispose()
+
+    upgraded = Catalog.open(db_url)
+    try:
+        upgraded.record_instance(header(), Path("/a/1.dcm"), received_at=START, calling_ae="MR1")
+        series = upgraded.series(header().series_uid)
+        assert series is not None and series.calling_ae == "MR1"
+        job_id = upgraded.enqueue_job(header().series_uid, START)
+        job = upgraded.job(job_id)
+        assert job is not None and job.output_series_uid is None
+    finally:
+        upgraded.close()

@@ -129,3 +129,18 @@ def test_patient_id_is_not_logged_above_debug(
     assert caplog.records  # something was logged at INFO ...
     assert "SECRET-ID-42" not in caplog.text  # ... but never the patient ID
     assert "SECRET-ID-42" not in repr(headers[0])
+
+
+def test_the_calling_ae_of_the_latest_instance_is_kept_per_series(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    first, second, third = series_headers(3)
+    catalog.record_instance(first, Path("/a/1"), received_at=clock.now(), calling_ae="MRC40 ")
+    series = catalog.series(SERIES)
+    assert series is not None and series.calling_ae == "MRC40"  # trailing padding dropped
+    catalog.record_instance(second, Path("/a/2"), received_at=clock.now(), calling_ae="PACS2")
+    series = catalog.series(SERIES)
+    assert series is not None and series.calling_ae == "PACS2"
+    catalog.record_instance(third, Path("/a/3"), received_at=clock.now())  # the drop folder
+    series = catalog.series(SERIES)
+    assert series is not None and series.calling_ae is None

@@ -184,13 +184,40 @@ def test_no_claim_while_the_same_series_is_in_flight(catalog: Catalog, clock: Fa
     assert follow_up is not None and follow_up.id == second
 
 
-def test_reenqueue_resets_a_job_waiting_to_retry(catalog: Catalog, clock: FakeClock) -> None:
+def test_reenqueue_resets_a_job_waiting_to_retry_that_wrote_nothing(
+    catalog: Catalog, clock: FakeClock
+) -> None:
     job_id = queued(catalog, clock, "1.2.3.1")
     job = catalog.claim_next(clock.now(), "w1")
     assert job is not None
-    job = catalog.mark_converted(job, output_dir=Path("/o"), model_version="m", now=clock.now())
-    catalog.retry_later(job, at=clock.advance(3600), reason="PACS down", now=clock.now())
+    catalog.retry_later(job, at=clock.advance(3600), reason="disk full", now=clock.now())
     assert catalog.enqueue_job("1.2.3.1", clock.now()) == job_id
     reset = catalog.job(job_id)
     assert reset is not None and reset.state is JobState.QUEUED
     assert reset.output_dir is None and reset.not_before == clock.now()
+    assert reset.generation == 1
+
+
+def test_reenqueue_supersedes_a_job_waiting_to_retry_with_its_output(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    """Its output may be half at the PACS: converting again under the same generation (the
+    same UIDs) would leave those instances stale there, so a new generation replaces it."""
+    job_id = queued(catalog, clock, "1.2.3.1")
+    job = catalog.claim_next(clock.now(), "w1")
+    assert job is not None
+    job = catalog.mark_converted(
+        job, output_dir=Path("/o"), model_version="m", now=clock.now(), output_series_uid="1.9"
+    )
+    catalog.retry_later(job, at=clock.advance(3600), reason="PACS down", now=clock.now())
+    new_id = catalog.enqueue_job("1.2.3.1", clock.now())
+    assert new_id != job_id
+    old, new = catalog.job(job_id), catalog.job(new_id)
+    assert old is not None and new is not None
+    assert old.state is JobState.SUPERSEDED and old.output_series_uid == "1.9"
+    assert old.last_error == f"superseded by job {new_id} (generation 2)"
+    assert (new.state, new.generation, new.not_before) == (JobState.QUEUED, 2, clock.now())
+    claimed = catalog.claim_next(clock.advance(7200), "w1")  # the old one never again
+    assert claimed is not None and claimed.id == new_id
+    assert catalog.claim_next(clock.now(), "w2") is None
+    assert [j.id for j in catalog.earlier_jobs(claimed)] == [job_id]

@@ -122,13 +122,25 @@ def leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def test_the_readme_explains_every_key() -> None:
+def readme_section(title: str) -> str:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    start = readme.index("\n## The DICOM node\n")
-    section = readme[start : readme.index("\n## ", start + 1)]
+    start = readme.index(f"\n## {title}\n")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end > 0 else len(readme)]
+
+
+def test_the_readme_explains_every_key() -> None:
+    """Each key in a table row of the README section of the part that reads it: the
+    ``[trainer]`` keys under "The trainer", every other one under "The DICOM node"."""
     keys = leaf_keys(Config)
     assert len(keys) > 30
-    assert [key for key in keys if f"| `{key}` |" not in section] == []
+    node, trainer = readme_section("The DICOM node"), readme_section("The trainer")
+    missing = [
+        key
+        for key in keys
+        if f"| `{key}` |" not in (trainer if key.startswith("trainer.") else node)
+    ]
+    assert missing == []
 
 
 def test_check_config_accepts_the_shipped_file() -> None:
@@ -163,6 +175,34 @@ def test_check_config_finds_missing_files(tmp_path: Path) -> None:
     assert f"security.tls_certificate: {tmp_path}/tls/node.pem does not exist" in result.stderr
     assert f"security.tls_key: {tmp_path}/tls/node.key does not exist" in result.stderr
     assert f"converter.model: {tmp_path}/models/mine: not a model folder" in result.stderr
+
+
+def test_check_config_needs_a_driver_for_the_catalog_url(tmp_path: Path) -> None:
+    no_driver = write_config(tmp_path, extra='[catalog]\nurl = "postgresql+pg8000://db/x"\n')
+    result = run(no_driver, "check-config")
+    assert result.returncode == EXIT_CONFIG
+    assert "catalog.url: no database driver (pg8000)" in result.stderr
+    assert "pip install 'bonect[postgres]'" in result.stderr
+    psycopg = write_config(tmp_path, extra='[catalog]\nurl = "postgresql://bonect@db/x"\n')
+    assert run(psycopg, "check-config").returncode == 0  # no driver named: psycopg
+
+
+def test_return_to_sender_and_destination_options_are_shown(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        extra='[sender]\nreturn_to_sender = true\n\n[[destinations]]\nname = "console"\n'
+        'ae_title = "MRC40"\nhost = "10.0.0.9"\nport = 104\nreceives = "returns"\n'
+        "rejection_notes = false\n",
+    )
+    result = run(config, "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "console MRC40@10.0.0.9:104 (returns only) (no rejection notes)" in result.stdout
+    assert "the sCT also returns to the destination whose AE title sent the MR" in result.stdout
+    bad = write_config(tmp_path, extra='[[destinations]]\nname = "x"\nae_title = "X"\n'
+                       'host = "h"\nport = 1\nreceives = "some"\n')  # fmt: skip
+    refused = run(bad, "check-config")
+    assert refused.returncode == EXIT_CONFIG
+    assert "destinations.1.receives: Input should be 'all' or 'returns'" in refused.stderr
 
 
 def test_start_on_a_bad_config_exits_78(tmp_path: Path) -> None:
@@ -291,6 +331,54 @@ def test_retry_one_job_then_every_failed_job(filled: tuple[Path, dict[str, int]]
     every = run(config, "retry", "--failed")
     assert every.stdout.strip() == f"queued again: {ids['failed']}"
     assert run(config, "retry", "--failed").stdout.strip() == "no failed jobs"
+
+
+def test_status_and_jobs_show_the_generations_of_a_reopened_series(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    catalog = Catalog.open(catalog_url(tmp_path / "var", ""))
+    clock = FakeClock()
+    ids = []
+    try:
+        for generation in (1, 2):
+            if generation == 2:  # one more slice re-opens the settled series
+                receive(catalog, series_headers(4, DONE)[3:], clock.now(), association_id="b")
+            else:
+                receive(catalog, series_headers(3, DONE), clock.now(), association_id="a")
+            (read,) = catalog.series_to_settle(clock.advance(61), quiet_seconds=60)
+            settled = catalog.settle_series(
+                DONE, revision=read.revision, role=Role.CONVERT, now=clock.now()
+            )
+            assert settled is not None and settled.job_id is not None
+            job = catalog.claim_next(clock.now(), worker_id="host:1:0")
+            assert job is not None and job.generation == generation
+            catalog.finish(job, now=clock.advance(5))
+            ids.append(job.id)
+        # a retry of a superseded (or done) generation is refused
+        receive(catalog, series_headers(5, DONE)[4:], clock.advance(1), association_id="c")
+        (read,) = catalog.series_to_settle(clock.advance(61), quiet_seconds=60)
+        catalog.settle_series(DONE, revision=read.revision, role=Role.CONVERT, now=clock.now())
+        third = catalog.claim_next(clock.now(), worker_id="host:1:0")
+        assert third is not None
+        catalog.fail(third, "converter crashed", now=clock.now())
+        receive(catalog, series_headers(6, DONE)[5:], clock.advance(1), association_id="d")
+        (read,) = catalog.series_to_settle(clock.advance(61), quiet_seconds=60)
+        catalog.settle_series(DONE, revision=read.revision, role=Role.CONVERT, now=clock.now())
+    finally:
+        catalog.close()
+
+    jobs = run(config, "jobs")
+    assert jobs.returncode == 0, jobs.stderr
+    lines = {int(line.split()[0]): line for line in jobs.stdout.splitlines()}
+    assert "  gen 2  " in lines[ids[1]] and "replaced" not in lines[ids[1]]
+    assert "  gen 1  " in lines[ids[0]] and lines[ids[0]].endswith("replaced by generation 2")
+    assert "  superseded  " in lines[third.id] and "  gen 3  " in lines[third.id]
+    assert lines[third.id].endswith("superseded by job 4 (generation 4)")
+    status = run(config, "status")
+    assert f"last done: job {ids[1]} (series {DONE}), generation 2" in status.stdout
+    assert "superseded 1" in status.stdout
+    refused = run(config, "retry", str(third.id))
+    assert refused.returncode == 1
+    assert f"job {third.id} is superseded: only a failed job can be retried" in refused.stderr
 
 
 def test_status_before_the_daemon_ever_ran(tmp_path: Path) -> None:

@@ -1,98 +1,25 @@
 """The whole node in-process: C-STORE or drop folder in, sCT out to a PACS, one step at a time.
 
 The node listens on port 0 with a temporary storage folder and no metrics server; the PACS is
-an in-process pynetdicom Storage SCP on port 0 that keeps what it receives. The loop is driven
-with :meth:`Node.step` and a fake clock: nothing here sleeps.
+an in-process pynetdicom Storage SCP on port 0 that keeps what it receives (``conftest.py``).
+The loop is driven with :meth:`Node.step` and a fake clock: nothing here sleeps.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 
 from bonect.catalog.jobs import JobState
-from bonect.config import (
-    Config,
-    ConverterConfig,
-    Destination,
-    MetricsConfig,
-    NodeConfig,
-    StorageConfig,
-)
 from bonect.daemon.node import Node
 from bonect.daemon.sender import DestinationNode, send_files
 from bonect.phantom.cohort import WrittenPatient
 from catalog.catalog_support import FakeClock
-
-LOCALHOST = "127.0.0.1"
-
-
-@dataclass
-class Pacs:
-    """An in-process Storage SCP that keeps every dataset it is sent."""
-
-    server: ThreadedAssociationServer
-    received: list[Dataset] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def on_store(self, event: Event) -> int:
-        dataset = event.dataset
-        dataset.file_meta = event.file_meta
-        with self.lock:
-            self.received.append(dataset)
-        return 0x0000
-
-
-@pytest.fixture
-def pacs() -> Iterator[Pacs]:
-    ae = AE(ae_title="PACS")
-    ae.supported_contexts = AllStoragePresentationContexts
-    holder: list[Pacs] = []
-
-    def on_store(event: Event) -> int:
-        return holder[0].on_store(event)
-
-    server = ae.start_server(
-        (LOCALHOST, 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    assert server is not None
-    holder.append(Pacs(server))
-    yield holder[0]
-    ae.shutdown()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def node(tmp_path: Path, pacs: Pacs, clock: FakeClock) -> Iterator[Node]:
-    config = Config(
-        node=NodeConfig(port=0),
-        storage=StorageConfig(dir=tmp_path / "var", reserve_mb=0),
-        converter=ConverterConfig(model="auto", device="cpu"),  # no model promoted: classical
-        metrics=MetricsConfig(enabled=False),
-        destinations=(Destination(name="pacs", ae_title="PACS", host=LOCALHOST, port=pacs.port),),
-    )
-    opened = Node.open(config, clock=clock.now)
-    yield opened
-    opened.close()
+from daemon.node_support import LOCALHOST, Pacs
 
 
 def mr_files(patient: WrittenPatient) -> list[Path]:

@@ -31,9 +31,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, build_context
 
+from bonect.daemon.rejection import rejection_note_uids
 from bonect.phantom.cohort import WrittenPatient, write_patient
 from bonect.phantom.generate import Acquisition, generate_case
-from dicom_peers import LOCALHOST, OrthancServer, free_port, have, peer_env
+from dicom_peers import LOCALHOST, OrthancServer, free_port, have, peer_env, peer_program
 
 DAEMON = Path(sys.executable).parent / "bonect-daemon"
 PEERS_MISSING = not (have("storescu") and have("Orthanc"))
@@ -384,7 +385,7 @@ def storescu_background(
 ) -> subprocess.Popen[str]:
     """DCMTK ``storescu`` of ``paths`` on one association, left running; read its exit later."""
     return subprocess.Popen(
-        ["storescu", "-aet", calling_ae, "-aec", "BONECT", LOCALHOST, str(port)]
+        [str(peer_program("storescu")), "-aet", calling_ae, "-aec", "BONECT", LOCALHOST, str(port)]
         + [str(p) for p in paths],
         env=peer_env(),
         stdout=subprocess.PIPE,
@@ -417,10 +418,23 @@ def store_datasets(
 
 
 def synthetic_series(pacs: OrthancServer) -> list[str]:
-    """Orthanc ids of the series whose description says synthetic CT."""
-    return [
-        s for s in pacs.series() if "Synthetic" in pacs.series_tags(s).get("SeriesDescription", "")
-    ]
+    """Orthanc ids of the CT series whose description says synthetic CT."""
+    found = []
+    for series_id in pacs.series():
+        tags = pacs.series_tags(series_id)
+        if tags.get("Modality") == "CT" and "Synthetic" in tags.get("SeriesDescription", ""):
+            found.append(series_id)
+    return found
+
+
+def rejection_notes(pacs: OrthancServer) -> list[Dataset]:
+    """Every Key Object Selection Document Orthanc holds (the IOCM rejection notes)."""
+    notes = []
+    for series_id in pacs.series():
+        tags = pacs.series_tags(series_id)
+        if tags.get("Modality") == "KO":
+            notes += [pydicom.dcmread(BytesIO(pacs.instance_file(i))) for i in tags["Instances"]]
+    return notes
 
 
 def sct_complete(pacs: OrthancServer, n_slices: int) -> Callable[[], bool]:
@@ -449,8 +463,8 @@ def delivered(
 def done_job(catalog: CatalogView, series_uid: str) -> dict[str, Any]:
     """The latest job of ``series_uid``, asserting that it is done.
 
-    A series re-opened by instances arriving after it settled has more than one job; the
-    latest one's output replaced the earlier ones (same deterministic UIDs per slice).
+    A series re-opened by instances arriving after it settled has more than one job, one per
+    generation; the latest one's output (UIDs of its own) replaced the earlier ones.
     """
     jobs = catalog.jobs(series_uid)
     assert jobs and jobs[-1]["state"] == "done", jobs
@@ -479,6 +493,51 @@ def assert_pacs_holds_exactly(
     found = synthetic_series(pacs)
     assert len(found) == len(mr_series_uids)
     assert sorted(len(pacs.series_tags(s)["Instances"]) for s in found) == sorted(n_slices)
+
+
+def assert_pacs_holds_a_replacement(
+    pacs: OrthancServer, catalog: CatalogView, series_uid: str, n_slices: int
+) -> list[Dataset]:
+    """A re-opened series at the PACS: its newest sCT series complete with the newest pixels,
+    under UIDs no earlier generation used (so no instance carries stale pixels under a reused
+    UID); each earlier generation's instances as they were stored, and its rejection note
+    referencing exactly them; nothing else, nothing twice; the earlier outputs gone from our
+    archive. Returns the rejection notes found."""
+    *earlier, latest = catalog.jobs(series_uid)
+    assert earlier and latest["state"] == "done", catalog.jobs(series_uid)
+    newest = {s["sop_instance_uid"] for s in catalog.sends(latest["id"])}
+    assert len(newest) == n_slices
+    assert {s["status"] for s in catalog.sends(latest["id"])} == {"stored"}
+    notes = {str(n.SOPInstanceUID): n for n in rejection_notes(pacs)}
+    expected = newest | set(notes)
+    for job in earlier:
+        assert job["state"] in ("done", "superseded"), job
+        assert job["output_dir"] is None or not Path(job["output_dir"]).exists()
+        note_series, note_uid = rejection_note_uids(job["output_series_uid"])
+        sends = catalog.sends(job["id"])
+        images = {s["sop_instance_uid"] for s in sends if s["sop_instance_uid"] != note_uid}
+        assert not images & newest, "a UID of an earlier generation was used again"
+        if not any(s["attempts"] for s in sends):
+            continue  # never sent: nothing to withdraw at the PACS
+        note = notes.pop(note_uid)
+        assert str(note.SeriesInstanceUID) == note_series
+        assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
+        (evidence,) = note.CurrentRequestedProcedureEvidenceSequence
+        (rejected,) = evidence.ReferencedSeriesSequence
+        assert rejected.SeriesInstanceUID == job["output_series_uid"]
+        assert {i.ReferencedSOPInstanceUID for i in rejected.ReferencedSOPSequence} == images
+        expected |= {s["sop_instance_uid"] for s in sends if s["status"] == "stored"}
+    assert notes == {}, "a rejection note of no earlier generation"
+    uids = pacs.sop_instance_uids()
+    assert len(uids) == len(set(uids)), "an instance is duplicated at the PACS"
+    assert set(uids) == expected
+    counts = {}
+    for series_id in synthetic_series(pacs):
+        tags = pacs.series_tags(series_id)
+        counts[tags["SeriesInstanceUID"]] = len(tags["Instances"])
+    assert counts[latest["output_series_uid"]] == n_slices
+    assert_pacs_content_is_the_latest(pacs, catalog, series_uid)
+    return rejection_notes(pacs)
 
 
 def stale_at_pacs(pacs: OrthancServer, catalog: CatalogView, series_uid: str) -> list[str]:

@@ -6,17 +6,23 @@ transactions alone, and SQLAlchemy's ``begin`` event emits them instead: ``BEGIN
 for connections opened with the ``bonect_write`` execution option (see :func:`write_engine`),
 so that a read-modify-write transaction holds the write lock from its first statement and
 never fails half-way with "database is locked"; a plain ``BEGIN`` otherwise, so readers never
-block anyone. PostgreSQL needs none of this; the queries themselves are dialect-neutral.
+block anyone. PostgreSQL needs none of this; the queries themselves are dialect-neutral. A
+``postgresql://`` URL without a driver gets psycopg (version 3, the ``postgres`` extra).
+
+There are no migrations yet: opening creates the missing tables and adds the missing nullable
+columns (:func:`add_missing_columns`), so a catalog written by an earlier version keeps working.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DatabaseError
 
 from bonect.catalog.models import Base
 
@@ -53,6 +59,50 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def engine_url(url: str) -> URL:
+    """``url`` parsed, with psycopg (3) as the driver of a ``postgresql://`` URL that names none.
+
+    SQLAlchemy 2.0 would pick psycopg2 for it, which bonect does not install.
+    """
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is not None:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns of the models that the database's tables lack; their names.
+
+    The only schema change done without a migration: it lets a catalog created by an earlier
+    version be opened by this one. A missing NOT NULL column raises (it needs a migration).
+    """
+    inspector = inspect(engine)
+    added = []
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable or column.primary_key:
+                raise RuntimeError(
+                    f"catalog table {table.name} lacks the NOT NULL column {column.name}: "
+                    "this catalog needs a migration"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                    )
+            except DatabaseError:  # another process added it first
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+            added.append(f"{table.name}.{column.name}")
+    if added:
+        logger.warning("catalog upgraded in place: added the column(s) %s", ", ".join(added))
+    return added
+
+
 def open_engine(url: str) -> Engine:
     """Open the catalog database at ``url`` and create any missing table.
 
@@ -67,17 +117,18 @@ def open_engine(url: str) -> Engine:
     Engine
         One engine for the whole process; share it, never open one per request.
     """
-    parsed = make_url(url)
+    parsed = engine_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True)
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
     logger.debug("catalog opened: %s", parsed.render_as_string(hide_password=True))
     return engine
 

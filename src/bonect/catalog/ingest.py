@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
-from bonect.catalog.jobs import JobState, transition
+from bonect.catalog.jobs import JobState, sources_of, transition
 from bonect.catalog.models import Instance, Job, Role, Series, SettleState, Study
 from bonect.catalog.records import (
     InstanceHeader,
@@ -70,7 +70,7 @@ def _series(session: Session, header: InstanceHeader, study: Study, at: datetime
             image_type="\\".join(header.image_type)[:256],
             manufacturer=header.manufacturer[:64],
             patient_key=header.patient_key,
-            frame_of_reference_uid=header.frame_of_reference_uid,
+            frame_of_reference_uid=header.frame_of_reference_uid[:64],
             instance_count=0,
             expected_count=header.expected_count,
             first_received_at=at,
@@ -85,10 +85,13 @@ def _series(session: Session, header: InstanceHeader, study: Study, at: datetime
     return series
 
 
-def _touch(series: Series, at: datetime, association_id: str | None) -> None:
+def _touch(
+    series: Series, at: datetime, association_id: str | None, calling_ae: str | None
+) -> None:
     """Note activity on a series: it is open and its quiet timer starts again."""
     series.last_received_at = max(series.last_received_at, at)
     series.last_association_id = association_id
+    series.calling_ae = calling_ae
     series.association_released_at = None
     series.revision = Series.revision + 1
 
@@ -100,9 +103,15 @@ def record_instance(
     *,
     received_at: datetime,
     association_id: str | None,
+    calling_ae: str | None = None,
 ) -> InstanceRecord:
-    """Add one instance, or replace the path of an instance received before (same SOP UID)."""
+    """Add one instance, or replace the path of an instance received before (same SOP UID).
+
+    ``calling_ae`` is the Calling AE Title of the association that delivered it (None from the
+    drop folder); the series keeps that of its latest instance, to send its sCT back to it.
+    """
     association_id = association_id[:128] if association_id else None
+    calling_ae = (calling_ae.strip()[:16] or None) if calling_ae else None
     study = _study(session, header, received_at)
     series = _series(session, header, study, received_at)
     instance = session.scalar(
@@ -131,7 +140,7 @@ def record_instance(
             logger.info(
                 "series %s re-opened by instance %s", series.series_uid, header.sop_instance_uid
             )
-        _touch(series, received_at, association_id)
+        _touch(series, received_at, association_id, calling_ae)
     instance.sop_class_uid = header.sop_class_uid
     instance.path = str(path)
     instance.instance_number = header.instance_number
@@ -207,19 +216,48 @@ def series_geometry(session: Session, series_uid: str) -> SeriesGeometry | None:
     )
 
 
+def supersede_older(session: Session, job: Job, now: datetime) -> int:
+    """End the unfinished jobs of an earlier generation of ``job``'s series; returns how many.
+
+    Their output, if any, predates instances the newer job converts; a ``done`` job stays done
+    (the newer job withdraws its output once its own is stored). One conditional ``UPDATE``,
+    so that on PostgreSQL a job a worker claims meanwhile is left alone.
+    """
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.series_id == job.series_id,
+            Job.generation < job.generation,
+            Job.state.in_(sources_of(JobState.SUPERSEDED)),
+        )
+        .values(
+            state=JobState.SUPERSEDED,
+            updated_at=now,
+            finished_at=None,
+            last_error=f"superseded by job {job.id} (generation {job.generation})",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    count = int(getattr(result, "rowcount", 0) or 0)
+    if count:
+        logger.info("job %d supersedes %d unfinished earlier job(s)", job.id, count)
+    return count
+
+
 def enqueue(session: Session, series: Series, now: datetime) -> int:
-    """Queue a conversion of ``series``, reusing a job still waiting for a worker."""
+    """Queue a conversion of ``series``: reuse its latest job while that has produced nothing,
+    else start a new generation (which supersedes the unfinished earlier ones)."""
     jobs = session.scalars(
-        select(Job).where(Job.series_id == series.id).order_by(Job.id.desc())
+        select(Job).where(Job.series_id == series.id).order_by(Job.id.desc()).with_for_update()
     ).all()
-    for job in jobs:
-        if job.state == JobState.QUEUED:
-            return job.id
-        if job.state == JobState.RETRY_WAIT:  # its output, if any, predates the new instances
-            transition(job, JobState.QUEUED, now=now)
-            job.not_before = now
-            job.output_dir = None
-            return job.id
+    latest = jobs[0] if jobs else None
+    if latest is not None and latest.output_dir is None and latest.output_series_uid is None:
+        if latest.state == JobState.QUEUED:
+            return latest.id
+        if latest.state == JobState.RETRY_WAIT:
+            transition(latest, JobState.QUEUED, now=now)
+            latest.not_before = now
+            return latest.id
     job = Job(
         series_id=series.id,
         state=JobState.QUEUED,
@@ -234,6 +272,7 @@ def enqueue(session: Session, series: Series, now: datetime) -> int:
     logger.info(
         "job %d queued for series %s (generation %d)", job.id, series.series_uid, job.generation
     )
+    supersede_older(session, job, now)
     return job.id
 
 

@@ -6,8 +6,15 @@ error parks it in ``retry_wait`` until its ``not_before`` time, when a worker ma
 a permanent one ends it ``failed``, from where an operator may queue it again. Jobs left
 ``running``, ``converted`` or ``sending`` by a process that died are queued again on start.
 
-:func:`transition` is the only place that changes a job's state; every other module calls it,
-so that the table below is the whole truth about what may happen to a job.
+A series re-opened by more instances gets a new job, one *generation* later; an earlier job of
+it that had not finished (``queued``, ``retry_wait`` or ``failed``) then ends ``superseded``:
+its output, if any, would be stale, and it is never claimed or retried again. A ``done`` job
+stays ``done``; the newer generation withdraws its output once its own is stored.
+
+:func:`transition` is the only place that changes a job's state in hand; the queue's few bulk
+``UPDATE`` moves (claim, supersede) take their ``WHERE state IN`` from the same table
+(:data:`CLAIMABLE`, :func:`sources_of`), so that it is the whole truth about what may happen
+to a job.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class JobState(StrEnum):
     RETRY_WAIT = "retry_wait"
     DONE = "done"
     FAILED = "failed"
+    SUPERSEDED = "superseded"  # a newer generation of the same series replaced it unfinished
 
 
 #: States a worker holds a job in; a job left in one of them by a dead process is an orphan.
@@ -39,7 +47,7 @@ CLAIMABLE: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.RETRY_WAIT
 
 #: Every legal move; anything else raises :class:`IllegalTransition`.
 LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED}),
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.SUPERSEDED}),
     JobState.RUNNING: frozenset(
         {
             JobState.CONVERTED,
@@ -56,9 +64,12 @@ LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SENDING: frozenset(
         {JobState.DONE, JobState.RETRY_WAIT, JobState.FAILED, JobState.QUEUED}
     ),
-    JobState.RETRY_WAIT: frozenset({JobState.RUNNING, JobState.QUEUED, JobState.FAILED}),
-    JobState.FAILED: frozenset({JobState.QUEUED}),  # an operator's retry
+    JobState.RETRY_WAIT: frozenset(
+        {JobState.RUNNING, JobState.QUEUED, JobState.FAILED, JobState.SUPERSEDED}
+    ),
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.SUPERSEDED}),  # QUEUED: an operator
     JobState.DONE: frozenset(),
+    JobState.SUPERSEDED: frozenset(),
 }
 
 
@@ -85,6 +96,11 @@ class StatefulJob(Protocol):
 def is_legal(current: JobState, new: JobState) -> bool:
     """Whether the state machine allows moving from ``current`` to ``new``."""
     return new in LEGAL_TRANSITIONS[current]
+
+
+def sources_of(new: JobState) -> frozenset[JobState]:
+    """Every state from which ``new`` is legal: the ``WHERE state IN`` of a bulk move."""
+    return frozenset(state for state, targets in LEGAL_TRANSITIONS.items() if new in targets)
 
 
 def transition(

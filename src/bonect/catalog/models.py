@@ -6,6 +6,10 @@ string values in plain VARCHAR columns, so the schema is the same on SQLite and 
 
 The raw PatientID is kept on :class:`Study` for pairing MR with CT of the same patient; it is
 never logged. Everything else refers to a patient through :attr:`Series.patient_key`.
+
+There are no migrations yet: :func:`bonect.catalog.engine.open_engine` creates missing tables
+and adds missing *nullable* columns to a catalog made by an earlier version; anything else
+(a new NOT NULL column, a changed type) needs a migration tool before it is released.
 """
 
 from __future__ import annotations
@@ -127,6 +131,7 @@ class Series(Base):
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_association_id: Mapped[str | None] = mapped_column(String(128))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))  # of the last instance's sender
     association_released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revision: Mapped[int] = mapped_column(Integer, default=0)  # +1 per instance received
     role: Mapped[Role | None] = mapped_column(_enum(Role, "series_role"))
@@ -175,6 +180,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(Text)
+    output_series_uid: Mapped[str | None] = mapped_column(UID)  # the sCT series it wrote
     model_version: Mapped[str | None] = mapped_column(String(128))
     timings: Mapped[str | None] = mapped_column(Text)  # JSON: seconds per stage
 

@@ -10,6 +10,11 @@ IN ('queued', 'retry_wait')`` whose row count must be 1. A worker proves it stil
 the ``claimed_by`` and ``claimed_at`` of the :class:`JobRecord` it was given; a report from a
 worker whose job was taken from it (requeued as an orphan and claimed again) raises
 :class:`ClaimLost`.
+
+Of the jobs of one series only the newest generation is ever claimable, and never while
+another job of the series is in flight; claiming it supersedes the unfinished older ones. So
+on PostgreSQL, where two claims really run at once, the row lock on that one candidate is all
+that stands between two workers and the same series, and it is enough.
 """
 
 from __future__ import annotations
@@ -68,14 +73,21 @@ class ClaimLost(BonectError):
 def claimable_jobs(now: datetime) -> Select[int]:
     """The query for the id of the next job to claim at ``now``.
 
-    It locks the row ``FOR UPDATE SKIP LOCKED`` where the database can (PostgreSQL), and never
-    picks a job whose series has another job in flight.
+    It locks the row ``FOR UPDATE SKIP LOCKED`` where the database can (PostgreSQL), never
+    picks a job whose series has another job in flight, nor one a newer generation of its
+    series waits to replace.
     """
     busy = aliased(Job)
+    newer = aliased(Job)
     in_flight_sibling = exists().where(busy.series_id == Job.series_id, busy.state.in_(IN_FLIGHT))
+    newer_waiting = exists().where(
+        newer.series_id == Job.series_id,
+        newer.generation > Job.generation,
+        newer.state.in_(CLAIMABLE),
+    )
     return (
         select(Job.id)
-        .where(Job.state.in_(CLAIMABLE), Job.not_before <= now, ~in_flight_sibling)
+        .where(Job.state.in_(CLAIMABLE), Job.not_before <= now, ~in_flight_sibling, ~newer_waiting)
         .order_by(Job.not_before, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -127,10 +139,12 @@ class Catalog(SendLedger):
         *,
         received_at: datetime,
         association_id: str | None = None,
+        calling_ae: str | None = None,
     ) -> InstanceRecord:
         """Record a received instance; idempotent on its SOP Instance UID (the path is replaced).
 
         A new instance for a settled series re-opens it; settle then queues it again.
+        ``calling_ae``: who sent it over DICOM, kept per series to send its sCT back.
         """
         conflicts = 0
         while True:
@@ -142,6 +156,7 @@ class Catalog(SendLedger):
                         path,
                         received_at=received_at,
                         association_id=association_id,
+                        calling_ae=calling_ae,
                     )
             except IntegrityError:  # a concurrent writer inserted the same study/series/instance
                 conflicts += 1
@@ -257,7 +272,10 @@ class Catalog(SendLedger):
                     row = session.get(Job, job_id, populate_existing=True)
                     if row is None:
                         raise UnknownJob(job_id)
-                    logger.info("job %d claimed by %s", job_id, worker_id)
+                    ingest.supersede_older(session, row, now)
+                    logger.info(
+                        "job %d (generation %d) claimed by %s", job_id, row.generation, worker_id
+                    )
                     return JobRecord.from_row(row)
             logger.debug("job %d was claimed by another worker first", job_id)
         return None
@@ -291,15 +309,22 @@ class Catalog(SendLedger):
             return JobRecord.from_row(row)
 
     def mark_converted(
-        self, job: JobRef, *, output_dir: Path, model_version: str, now: datetime
+        self,
+        job: JobRef,
+        *,
+        output_dir: Path,
+        model_version: str,
+        now: datetime,
+        output_series_uid: str | None = None,
     ) -> JobRecord:
-        """The sCT series is written to ``output_dir``; next comes sending it."""
+        """The sCT series (``output_series_uid``) is written to ``output_dir``; next: send it."""
         return self._move(
             job,
             JobState.CONVERTED,
             now=now,
             output_dir=str(output_dir),
             model_version=model_version[:128],
+            output_series_uid=output_series_uid,
         )
 
     def mark_sending(self, job: JobRef, *, now: datetime) -> JobRecord:
@@ -350,6 +375,20 @@ class Catalog(SendLedger):
         """Retry every failed job; returns their ids."""
         ids = [job.id for job in self.jobs(JobState.FAILED)]
         return [self.retry(job_id, now=now).id for job_id in ids]
+
+    def earlier_jobs(self, job: JobRef) -> list[JobRecord]:
+        """The jobs of earlier generations of ``job``'s series, oldest first."""
+        job_id = job_id_of(job)
+        current = aliased(Job)
+        query = (
+            select(Job)
+            .options(joinedload(Job.series).joinedload(Series.study))
+            .join(current, current.series_id == Job.series_id)
+            .where(current.id == job_id, Job.generation < current.generation)
+            .order_by(Job.generation, Job.id)
+        )
+        with self._read() as session:
+            return [JobRecord.from_row(row) for row in session.scalars(query)]
 
     def job(self, job_id: int) -> JobRecord | None:
         with self._read() as session:

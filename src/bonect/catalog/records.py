@@ -118,6 +118,7 @@ class SeriesRecord:
     role: Role | None
     settle_state: SettleState
     settled_at: datetime | None
+    calling_ae: str | None = None  # who sent its last instance over DICOM (None: drop folder)
 
     @classmethod
     def from_row(cls, row: Series) -> SeriesRecord:
@@ -142,6 +143,7 @@ class SeriesRecord:
             role=row.role,
             settle_state=row.settle_state,
             settled_at=row.settled_at,
+            calling_ae=row.calling_ae,
         )
 
 
@@ -176,6 +178,7 @@ class JobRecord:
     output_dir: Path | None
     model_version: str | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    output_series_uid: str | None = None  # the sCT series this job wrote
 
     @classmethod
     def from_row(cls, row: Job) -> JobRecord:
@@ -196,6 +199,7 @@ class JobRecord:
             output_dir=Path(row.output_dir) if row.output_dir else None,
             model_version=row.model_version,
             timings=json.loads(row.timings) if row.timings else {},
+            output_series_uid=row.output_series_uid,
         )
 
 

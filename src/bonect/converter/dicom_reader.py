@@ -104,9 +104,17 @@ def read_mr_files(paths: Sequence[Path]) -> MRSeries:
         not one usable MR series. Other :class:`OSError` (e.g. a failing disk) propagate, as they
         may be transient.
     """
+    return read_series_files(paths, modality="MR")
+
+
+def read_series_files(paths: Sequence[Path], *, modality: str) -> MRSeries:
+    """Read one series of the given modality (``MR``, or ``CT`` for the trainer) from files.
+
+    The checks are those of :func:`read_mr_files`; only the modality differs.
+    """
     if not paths:
         raise SeriesError("no DICOM files in input")
-    return read_mr_datasets([_read_file(path) for path in paths])
+    return read_series_datasets([_read_file(path) for path in paths], modality=modality)
 
 
 def read_mr_datasets(datasets: Sequence[Dataset]) -> MRSeries:
@@ -120,10 +128,15 @@ def read_mr_datasets(datasets: Sequence[Dataset]) -> MRSeries:
     SeriesError
         If the datasets are not exactly one usable MR series.
     """
+    return read_series_datasets(datasets, modality="MR")
+
+
+def read_series_datasets(datasets: Sequence[Dataset], *, modality: str) -> MRSeries:
+    """Read one series of the given modality from datasets in memory; see :func:`read_mr_files`."""
     if not datasets:
         raise SeriesError("no DICOM datasets in input")
     try:
-        return _read_series(datasets)
+        return _read_series(datasets, modality)
     except SeriesError:
         raise
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
@@ -132,13 +145,13 @@ def read_mr_datasets(datasets: Sequence[Dataset]) -> MRSeries:
         raise SeriesError(f"malformed or missing DICOM attribute ({_one_line(exc)})") from exc
 
 
-def _read_series(datasets: Sequence[Dataset]) -> MRSeries:
+def _read_series(datasets: Sequence[Dataset], modality: str) -> MRSeries:
     for ds in datasets:
         _check_complete(ds)
     uid = _single_series_uid(datasets)
     for ds in datasets:
         _check_image(ds, uid)
-    _check_modality(datasets, uid)
+    _check_modality(datasets, uid, modality)
     enhanced = [_is_enhanced(ds) for ds in datasets]
     if any(enhanced) and not all(enhanced):
         raise SeriesError(
@@ -165,7 +178,8 @@ def _read_series(datasets: Sequence[Dataset]) -> MRSeries:
         for f in frames
     )
     logger.info(
-        "read MR series %s: %d slices of %dx%d, spacing %.3g x %.3g x %.3g mm",
+        "read %s series %s: %d slices of %dx%d, spacing %.3g x %.3g x %.3g mm",
+        modality,
         uid,
         volume.shape[0],
         volume.shape[1],
@@ -248,11 +262,11 @@ def _check_image(ds: Dataset, uid: str) -> None:
         )
 
 
-def _check_modality(datasets: Sequence[Dataset], uid: str) -> None:
+def _check_modality(datasets: Sequence[Dataset], uid: str, modality: str) -> None:
     modalities = sorted({str(ds.get("Modality", "") or "of unknown modality") for ds in datasets})
-    if modalities != ["MR"]:
+    if modalities != [modality]:
         raise SeriesError(
-            f"series is {'/'.join(modalities)}, not MR (series {uid})", series_uid=uid
+            f"series is {'/'.join(modalities)}, not {modality} (series {uid})", series_uid=uid
         )
 
 

@@ -5,9 +5,9 @@ The series joins the source MR's study and frame of reference, takes one instanc
 references the MR series and images it was computed from, and says in-band that it is synthetic
 (ImageType DERIVED\\SECONDARY, SeriesDescription, ImageComments, contributing equipment).
 
-Series and SOP Instance UIDs are derived from the source series UID, the method and the model
-name and version, so converting the same series with the same model again produces the very same
-objects (a retried send re-sends them; the PACS sees duplicates, not new series).
+Series and SOP Instance UIDs are derived from the source series UID, the method, the model and
+the generation: the same conversion again gives the very same objects (a retried send re-sends
+them, never a new series); a later generation (the MR series grew) is another series.
 
 The image-plane helpers (:func:`image_plane_module`, :func:`slice_is_axial`) and
 :func:`save_dataset` are shared with the phantom's "acquired" series writer.
@@ -246,7 +246,13 @@ def deterministic_uid(*parts: str) -> str:
 
 
 def synthetic_ct_uids(
-    source_series_uid: str, *, method: str, model_name: str, model_version: str, n_slices: int
+    source_series_uid: str,
+    *,
+    method: str,
+    model_name: str,
+    model_version: str,
+    n_slices: int,
+    generation: int = 1,
 ) -> tuple[str, list[str]]:
     """The deterministic Series Instance UID and SOP Instance UIDs of a synthetic CT.
 
@@ -258,22 +264,43 @@ def synthetic_ct_uids(
         What computed the sCT: the same source with any of them different gives other UIDs.
     n_slices
         Number of instances.
+    generation
+        1 for the first conversion of the series (as before generations), 2+ for later ones.
 
     Returns
     -------
     tuple[str, list[str]]
         The series UID and one SOP Instance UID per slice (see :func:`deterministic_uid`).
     """
-    key = ("bonect-sct", source_series_uid, method, model_name, model_version)
+    if generation < 1:
+        raise ValueError(f"generation counts from 1, got {generation}")
+    key: tuple[str, ...] = ("bonect-sct", source_series_uid, method, model_name, model_version)
+    if generation > 1:
+        key = (*key, f"generation {generation}")
     series_uid = deterministic_uid(*key, "series")
     instance_uids = [deterministic_uid(*key, "instance", str(k)) for k in range(n_slices)]
     return series_uid, instance_uids
 
 
-def _series_description(method: str, *, clinical_use: bool) -> str:
+def sct_series_number(source_series_number: int | None, generation: int = 1) -> int | None:
+    """9000 + the MR's SeriesNumber, + 10000 per later generation; None outside the IS range."""
+    if source_series_number is None:
+        return None
+    number = 9000 + source_series_number + 10000 * (generation - 1)
+    return number if 0 <= number < 2**31 else None
+
+
+def _series_description(
+    method: str, *, clinical_use: bool, generation: int = 1, replaces: int | None = None
+) -> str:
     suffix = "" if clinical_use else " NOT FOR CLINICAL USE"
+    version = "" if generation == 1 else f" v{generation}"
+    if replaces is not None:
+        version += f" replaces v{replaces}"
     base = f"Synthetic CT (bonect {method})"
-    return base[: _LO_MAX - len(suffix)] + suffix
+    if len(base + version + suffix) > _LO_MAX:
+        base = f"Synthetic CT ({method})"
+    return (base + version)[: _LO_MAX - len(suffix)] + suffix
 
 
 def _software_versions(model_name: str, model_version: str) -> list[str]:
@@ -372,6 +399,8 @@ def synthetic_ct_datasets(
     clinical_use: bool,
     series_number: int | None = None,
     now: datetime | None = None,
+    generation: int = 1,
+    replaces: int | None = None,
 ) -> list[Dataset]:
     """Build the CT Image Storage instances of a synthetic CT on the grid of ``source``.
 
@@ -389,10 +418,13 @@ def synthetic_ct_datasets(
         False for models not validated for clinical use: the SeriesDescription then ends with
         "NOT FOR CLINICAL USE" and ImageComments says so.
     series_number
-        SeriesNumber of the new series; default 9000 + the MR's SeriesNumber (empty if the MR
-        has none).
+        SeriesNumber of the new series; default :func:`sct_series_number` of the MR's
+        SeriesNumber and ``generation`` (empty if the MR has none).
     now
         Content, series and instance creation date/time; default the current local time.
+    generation, replaces
+        Which conversion of this MR series this is (1: the first; part of the UIDs), and the
+        one it replaces at the PACS if any (SeriesDescription "v2 replaces v1", ImageComments).
 
     Returns
     -------
@@ -419,13 +451,14 @@ def synthetic_ct_datasets(
         model_name=model_name,
         model_version=model_version,
         n_slices=n_slices,
+        generation=generation,
     )
     if series_number is None and header.get("SeriesNumber") not in (None, ""):
-        series_number = 9000 + int(header.SeriesNumber)
-        if not 0 <= series_number < 2**31:  # IS range; leave it empty rather than invalid
-            series_number = None
+        series_number = sct_series_number(int(header.SeriesNumber), generation)
     study_uid = str(header.StudyInstanceUID)
-    description = _series_description(method, clinical_use=clinical_use)
+    description = _series_description(
+        method, clinical_use=clinical_use, generation=generation, replaces=replaces
+    )
     derivation = (
         f"Synthetic CT predicted from bone MR series {source.series_uid} by bonect "
         f"{bonect.__version__}, method {method}, model {model_name} {model_version}"
@@ -434,6 +467,7 @@ def synthetic_ct_datasets(
         "Synthetic CT computed from MR, not acquired with X-rays. "
         + ("" if clinical_use else "NOT FOR CLINICAL USE: research model, not validated. ")
         + f"Method {method}, model {model_name} {model_version}."
+        + ("" if replaces is None else f" Version {generation}: replaces version {replaces}.")
     )
 
     series = Dataset()  # what all instances share
@@ -529,6 +563,8 @@ def write_synthetic_ct(
     clinical_use: bool,
     series_number: int | None = None,
     now: datetime | None = None,
+    generation: int = 1,
+    replaces: int | None = None,
 ) -> list[Path]:
     """Write the synthetic CT of ``source`` as ``out_dir/CT_<InstanceNumber:04d>.dcm``.
 
@@ -550,6 +586,8 @@ def write_synthetic_ct(
         clinical_use=clinical_use,
         series_number=series_number,
         now=now,
+        generation=generation,
+        replaces=replaces,
     )
     paths = write_datasets(datasets, out_dir, prefix="CT")
     logger.info(

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("bonect.daemon")
 EXIT_CONFIG = 78
-EXIT_SOFTWARE = 70
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -81,13 +80,19 @@ def config_problems(config: Config) -> list[str]:
         if value is not None and not os.access(value, os.R_OK):
             problems.append(f"security.{key}: {value} does not exist or is not readable")
     if config.catalog.url:
-        from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        from bonect.catalog.engine import engine_url
+
         try:
-            make_url(config.catalog.url)
+            engine_url(config.catalog.url).get_dialect().import_dbapi()
         except ArgumentError as exc:
             problems.append(f"catalog.url: {exc}")
+        except ImportError as exc:
+            problems.append(
+                f"catalog.url: no database driver ({exc.name or exc}); for PostgreSQL "
+                "install psycopg: pip install 'bonect[postgres]'"
+            )
     if config.converter.model not in MODEL_KEYWORDS:
         from bonect.converter.model_folder import read_manifest
 
@@ -148,6 +153,7 @@ class JobTimeline:
     claimed_at: datetime | None
     finished_at: datetime | None
     timings: dict[str, float] = field(default_factory=dict)
+    generation: int = 1
 
     def stages(self) -> list[tuple[str, float]]:
         """Seconds per stage, in order: receive, settle wait, queue wait, the worker's stages
@@ -197,6 +203,7 @@ def last_done_timeline(catalog: Catalog) -> JobTimeline | None:
             series_uid=series.series_uid,
             attempts=job.attempts,
             model_version=job.model_version,
+            generation=job.generation,
             first_received_at=series.first_received_at,
             last_received_at=series.last_received_at,
             released_at=series.association_released_at,
@@ -258,7 +265,10 @@ def status_lines(config: Config, catalog: Catalog, now: datetime) -> list[str]:
     if last is not None:
         used = f", {last.model_version}" if last.model_version else ""
         retried = f", {last.attempts} attempts" if last.attempts > 1 else ""
-        lines.append(f"last done: job {last.job_id} (series {last.series_uid}{used}{retried})")
+        lines.append(
+            f"last done: job {last.job_id} (series {last.series_uid}{used}{retried}), "
+            f"generation {last.generation}"
+        )
         lines.append("  " + ", ".join(f"{name} {s:.1f} s" for name, s in last.stages()))
     errors = []
     for job in catalog.jobs(JobState.FAILED, limit=5):
@@ -279,14 +289,36 @@ def status_lines(config: Config, catalog: Catalog, now: datetime) -> list[str]:
     return lines
 
 
+def newest_done_generations(catalog: Catalog, series_uids: set[str]) -> dict[str, int]:
+    """The newest generation done of each of these series (those with one done)."""
+    from sqlalchemy import func, select
+
+    from bonect.catalog.models import Job, Series
+
+    query = (
+        select(Series.series_uid, func.max(Job.generation))
+        .join(Job, Job.series_id == Series.id)
+        .where(Job.state == JobState.DONE, Series.series_uid.in_(series_uids))
+        .group_by(Series.series_uid)
+    )
+    with catalog.reading() as session:
+        return {str(uid): int(generation) for uid, generation in session.execute(query)}
+
+
 def job_lines(catalog: Catalog, state: str | None, limit: int) -> list[str]:
-    """One line per job, newest first: id, state, last change, attempts, series, reason."""
+    """One line per job, newest first: id, state, last change, generation, attempts, series,
+    reason; a done job whose series was converted again since says which generation replaced
+    it."""
+    jobs = catalog.jobs(JobState(state) if state else None, limit=limit)
+    newest = newest_done_generations(catalog, {job.series_uid for job in jobs})
     lines = []
-    for job in catalog.jobs(JobState(state) if state else None, limit=limit):
+    for job in jobs:
         reason = f"  {job.last_error}" if job.last_error else ""
+        if job.state == JobState.DONE and newest.get(job.series_uid, 0) > job.generation:
+            reason = f"  replaced by generation {newest[job.series_uid]}{reason}"
         lines.append(
             f"{job.id:6d}  {job.state.value:10s}  {_local(job.updated_at)}  "
-            f"attempts {job.attempts}  {job.series_uid}{reason}"
+            f"gen {job.generation}  attempts {job.attempts}  {job.series_uid}{reason}"
         )
     return lines
 
@@ -322,7 +354,10 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path, config = _checked(args)
     destinations = ", ".join(
-        f"{d.name} {d.ae_title}@{d.host}:{d.port}" for d in config.destinations
+        f"{d.name} {d.ae_title}@{d.host}:{d.port}"
+        + ("" if d.receives == "all" else " (returns only)")
+        + ("" if d.rejection_notes else " (no rejection notes)")
+        for d in config.destinations
     )
     metrics = config.metrics
     print(f"{path}: OK")
@@ -330,6 +365,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  storage {config.storage.dir}, catalog {config.catalog.url or 'SQLite in storage'}")
     print(f"  model {config.converter.model} on {config.converter.device}")
     print(f"  destinations: {destinations or 'none (the sCT is only archived)'}")
+    if config.sender.return_to_sender:
+        print("  the sCT also returns to the destination whose AE title sent the MR")
     if metrics.enabled:
         print(f"  metrics on http://{metrics.host}:{metrics.port}/metrics")
     return 0
@@ -439,25 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bonect.cli import run
     from bonect.logs import configure_logging
 
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    try:
-        return int(args.handler(args))
-    except ConfigError as exc:
-        print(f"bonect-daemon: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except BonectError as exc:
-        if args.verbose:
-            logger.exception("failed")
-        print(f"bonect-daemon: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # boundary
-        if args.verbose:
-            logger.exception("unexpected failure")
-        print(f"bonect-daemon: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_SOFTWARE
+    return run(args.handler, args, prog="bonect-daemon")
 
 
 if __name__ == "__main__":

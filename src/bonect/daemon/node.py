@@ -30,9 +30,9 @@ from bonect.daemon.dropfolder import DropFolder
 from bonect.daemon.metrics import NodeMetrics
 from bonect.daemon.models import ModelHolder
 from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
-from bonect.daemon.sender import DestinationNode, RetryPolicy, SendTimeouts
+from bonect.daemon.sender import RetryPolicy, SendTimeouts
 from bonect.daemon.settle import settle_once
-from bonect.daemon.worker import Worker, WorkerSettings
+from bonect.daemon.worker import Route, Worker, WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,11 @@ class CatalogSink:
     ) -> None:
         header = header_from_dataset(dcmread(path, stop_before_pixels=True))
         self._catalog.record_instance(
-            header, path, received_at=received_at, association_id=association_id
+            header,
+            path,
+            received_at=received_at,
+            association_id=association_id,
+            calling_ae=calling_ae or None,
         )
         self._metrics.instances_received.inc()
         logger.debug("%s from %s (%s) archived", ref.sop_instance_uid, calling_ae, peer_address)
@@ -138,7 +142,7 @@ class Node:
         sender = config.sender
         settings = WorkerSettings(
             calling_ae=config.node.ae_title,
-            destinations=[(d.name, DestinationNode.from_config(d)) for d in config.destinations],
+            destinations=[Route.from_config(d) for d in config.destinations],
             planes=config.converter.planes,
             batch_size=config.converter.batch_size,
             device=device,
@@ -147,7 +151,14 @@ class Node:
             ),
             max_attempts=sender.max_attempts,
             timeouts=SendTimeouts(dimse=sender.dimse_timeout_seconds),
+            return_to_sender=sender.return_to_sender,
         )
+        idle = [d.name for d in config.destinations if d.receives == "returns"]
+        if idle and not sender.return_to_sender:
+            logger.warning(
+                "destination(s) %s only receive returns, but sender.return_to_sender is off",
+                idle,
+            )
         worker = Worker(
             name=f"{worker_prefix}{os.getpid()}:0",
             catalog=catalog,

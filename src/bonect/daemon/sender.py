@@ -6,7 +6,7 @@ files being sent. Each instance ends in one of three outcomes:
 
 * ``STORED``: success, or one of the warnings 0xB000, 0xB006, 0xB007;
 * ``FAILED``: the destination answered another status, or cannot take the file's SOP class or
-  transfer syntax;
+  transfer syntax (also when it accepts none of an association's presentation contexts);
 * ``UNKNOWN``: no answer (timeout, aborted or refused association, destination down). A
   pynetdicom send can time out although the destination stored the instance, so the caller
   re-sends it later; the SOP Instance UID never changes, so this never duplicates.
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 _MAX_CONTEXTS = 128  # per association, PS3.8
 _C_STORE_RSP = 0x8001
+_NO_CONTEXT = "destination does not accept this SOP class / syntax"
 
 
 class UnsendableFileError(BonectError):
@@ -255,7 +256,7 @@ def _store_one(
         for cx in assoc.accepted_contexts
     )
     if not accepted:
-        return SendOutcome.FAILED, None, "destination does not accept this SOP class / syntax"
+        return SendOutcome.FAILED, None, _NO_CONTEXT
     try:
         dataset = dcmread(f.path)  # elements stay raw: written back as read, pixels untouched
         status = assoc.send_c_store(dataset, msg_id=msg_id)
@@ -328,6 +329,12 @@ def send_files(
             wire = _WireResponses()
             assoc = _associate(ae, destination, pending, ssl_context, wire)
             if not assoc.is_established:
+                if assoc.rejected_contexts and not assoc.accepted_contexts:
+                    # it answered, and takes none of these SOP classes / syntaxes: a refusal
+                    logger.warning("%s at %s:%d takes none of the files", *_where(destination))
+                    for f in pending:
+                        finish(f, SendOutcome.FAILED, None, _NO_CONTEXT)
+                    break
                 why = "association rejected" if assoc.is_rejected else "association failed"
                 logger.warning("%s by %s at %s:%d", why, *_where(destination))
                 for f in pending:

@@ -1,0 +1,139 @@
+"""Batch augmentation on tensors: the paper's geometry on input and target, MR contrast on input.
+
+Geometry (the paper): random horizontal and vertical flips, rotation up to ±10° and a crop of up
+to 10 % zoomed back to full size, drawn per slice and applied by one ``affine_grid`` /
+``grid_sample`` over input and target stacked as two channels, so the two stay aligned.
+Contrast (beyond the paper, because a model must survive other vendors, hospitals and
+techniques), on the input only: a gamma and a random monotone intensity curve, a smooth
+multiplicative bias field and Gaussian noise of a random level. Everything is drawn from the
+``torch.Generator`` passed in, so a seed fixes the result; values stay in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentationOptions:
+    """How strongly to augment; zeros (and ``flip=False``) switch an operation off."""
+
+    flip: bool = True
+    max_rotation_deg: float = 10.0
+    max_crop: float = 0.10  # fraction of the side cut away at most
+    contrast_probability: float = 0.8  # per slice and per contrast operation
+    max_log_gamma: float = 0.4  # gamma in [exp(-0.4), exp(0.4)] ≈ [0.67, 1.49]
+    curve_knots: int = 5
+    max_curve_blend: float = 0.5  # blend of the identity with a random monotone curve
+    bias_log_std: float = 0.2  # std of the log bias field on a coarse grid
+    bias_cells: int = 4
+    max_noise: float = 0.03  # std of the noise, in input units
+
+    @property
+    def contrast(self) -> bool:
+        return self.contrast_probability > 0
+
+
+GEOMETRY_ONLY = AugmentationOptions(contrast_probability=0.0)
+
+
+def augment(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    options: AugmentationOptions = AugmentationOptions(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch of (n, 1, h, w) inputs and targets in [0, 1]; returns new tensors.
+
+    `generator` is a CPU generator; parameters are drawn from it and moved to the tensors'
+    device, and the per-pixel noise comes from a device generator seeded from it.
+    """
+    if inputs.shape != targets.shape or inputs.ndim != 4 or inputs.shape[1] != 1:
+        raise ValueError(f"expected two (n, 1, h, w) batches, got {inputs.shape}, {targets.shape}")
+    x, y = geometry(inputs, targets, generator, options)
+    if options.contrast:
+        x = contrast(x, generator, options)
+    return x, y
+
+
+def geometry(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    options: AugmentationOptions = AugmentationOptions(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip, rotate and crop each slice, identically for input and target."""
+    n = inputs.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+    flips = torch.ones(n, 2, dtype=torch.float64)
+    if options.flip:
+        flips = torch.where(torch.rand(n, 2, generator=generator) < 0.5, -1.0, 1.0).double()
+    angle = uniform(-1.0, 1.0) * math.radians(options.max_rotation_deg)
+    scale = 1.0 - uniform(0.0, options.max_crop)  # the crop's side, as a fraction of the image
+    shift = (1.0 - scale)[:, None] * (2 * torch.rand(n, 2, generator=generator).double() - 1)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack(
+        [
+            torch.stack([cos * flips[:, 0], -sin * flips[:, 1], shift[:, 0]], dim=1),
+            torch.stack([sin * flips[:, 0], cos * flips[:, 1], shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    ).to(device=inputs.device, dtype=inputs.dtype)
+    both = torch.cat([inputs, targets], dim=1)
+    grid = F.affine_grid(theta, list(both.shape), align_corners=False)
+    out = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.clamp(0.0, 1.0)
+    return out[:, :1].contiguous(memory_format=torch.channels_last), out[:, 1:].contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def contrast(
+    inputs: torch.Tensor,
+    generator: torch.Generator,
+    options: AugmentationOptions = AugmentationOptions(),
+) -> torch.Tensor:
+    """Randomise MR contrast: gamma, monotone curve, smooth bias field, noise; stays in [0, 1]."""
+    n, _, h, w = inputs.shape
+    device, dtype = inputs.device, inputs.dtype
+
+    def draw(scale: float = 1.0) -> torch.Tensor:
+        """(n, 1, 1, 1) on the device: uniform in [0, scale), or 0 where the slice is spared."""
+        value = torch.rand(n, generator=generator) * scale
+        spared = torch.rand(n, generator=generator) >= options.contrast_probability
+        return value.masked_fill(spared, 0.0).to(device=device, dtype=dtype).view(n, 1, 1, 1)
+
+    x = inputs.clamp(0.0, 1.0)
+    # gamma, log-uniform around 1
+    x = x ** torch.exp((2 * draw() - 1) * options.max_log_gamma)
+    # a monotone piecewise-linear curve through (0, 0) and (1, 1), blended with the identity
+    k = max(options.curve_knots, 2)
+    steps = -torch.log(torch.rand(n, k - 1, generator=generator).clamp_min(1e-6))
+    knots = torch.cat([torch.zeros(n, 1), torch.cumsum(steps, dim=1)], dim=1)
+    knots = (knots / knots[:, -1:]).to(device=device, dtype=dtype)
+    low = (x * (k - 1)).floor().clamp(0, k - 2)
+    frac = x * (k - 1) - low
+    index = low.long().view(n, -1)
+    below = torch.gather(knots, 1, index).view_as(x)
+    above = torch.gather(knots, 1, index + 1).view_as(x)
+    blend = draw(options.max_curve_blend)
+    x = (1 - blend) * x + blend * (below + frac * (above - below))
+    # a smooth multiplicative bias field: a coarse random log field, upsampled
+    cells = max(options.bias_cells, 2)
+    coarse = torch.randn(n, 1, cells, cells, generator=generator).to(device=device, dtype=dtype)
+    coarse = coarse * options.bias_log_std * (draw() > 0)
+    x = x * torch.exp(F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True))
+    # Gaussian noise of a random level, from a device generator seeded from `generator`
+    sigma = draw(options.max_noise)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    noise_generator = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.randn(x.shape, generator=noise_generator, device=device, dtype=dtype)
+    x = x + sigma * noise
+    return x.clamp(0.0, 1.0).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,396 @@
+"""The training loop of the paper: Adam, L1 / L2 / mix loss, patient split, early stop, resume.
+
+Slices come from the memory-mapped :mod:`~bonect.trainer.cache` (a batch is gathered, sorted for
+locality and copied into a float32 tensor by a background thread while the model works on the
+previous one), are augmented on the device (:mod:`~bonect.trainer.augmentation`) and fed
+channels-last to the network; CUDA runs under autocast with a gradient scaler. Every epoch's
+randomness (order of the slices, augmentation) is seeded from ``(seed, epoch)``, and after every
+epoch ``checkpoint.pt`` is replaced atomically, so a run resumed after an interruption retraces
+the run that was not interrupted. The best weights (lowest validation loss) are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from bonect.converter.inference import pick_device
+from bonect.converter.model_folder import Manifest, TrainingProvenance
+from bonect.converter.models import ARCHITECTURES, build_model, count_parameters
+from bonect.trainer.augmentation import augment
+from bonect.trainer.cache import HU_MAX, HU_MIN, CachedPair, SliceIndex, split_patients
+from bonect.trainer.curves import (
+    CHECKPOINT,
+    LOSS_CURVE,
+    EpochRecord,
+    RunState,
+    TrainingError,
+    cpu_copy,
+    draw_loss_curve,
+    identity_of,
+    load_checkpoint,
+    save_checkpoint,
+    write_history,
+)
+
+logger = logging.getLogger(__name__)
+
+MIX_WEIGHT = 4.4  # L1 + 4.4·L2: about equal contributions (the paper)
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mae": F.l1_loss,
+    "mse": F.mse_loss,
+    "mix": lambda p, t: F.l1_loss(p, t) + MIX_WEIGHT * F.mse_loss(p, t),
+}
+Indices = npt.NDArray[np.int64]
+CURVE_EVERY_S = 300.0  # redraw loss_curve.png during a run at most this often; always at the end
+
+__all__ = [
+    "CHECKPOINT",
+    "LOSSES",
+    "EpochRecord",
+    "TrainingError",
+    "TrainingOptions",
+    "TrainingResult",
+    "manifest_for",
+    "split_patients",
+    "train",
+]
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How to train; the defaults are the paper's."""
+
+    architecture: str = "light_unet"  # or "vgg16_unet"
+    arguments: dict[str, Any] = field(default_factory=dict)  # for build_model and the manifest
+    loss: str = "mae"  # "mae" | "mse" | "mix" (L1 + 4.4·L2)
+    batch_size: int = 128
+    max_epochs: int = 100
+    patience: int = 5  # early stop after this many epochs without validation improvement
+    learning_rate: float = 1e-3  # Adam, otherwise default parameters
+    validation_fraction: float = 0.15  # of patients; at least 1 when there are 2 or more
+    steps_per_epoch: int | None = None  # cap on batches per epoch (tests, demos)
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    max_minutes: float | None = None  # stop after the epoch that exceeds it (from this call)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.architecture not in ARCHITECTURES:
+            problems.append(f"architecture {self.architecture!r} not in {sorted(ARCHITECTURES)}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss {self.loss!r} not in {sorted(LOSSES)}")
+        if self.batch_size < 2:
+            problems.append("batch_size must be at least 2 (batch norm)")
+        if self.max_epochs < 1 or self.patience < 1:
+            problems.append("max_epochs and patience must be at least 1")
+        if not 0.0 < self.validation_fraction < 1.0:
+            problems.append("validation_fraction must lie between 0 and 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            problems.append("steps_per_epoch must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device {self.device!r} is not auto, cpu or cuda")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A finished run: the best network and how it got there."""
+
+    network: nn.Module  # best weights loaded, eval mode, on the CPU
+    history: list[EpochRecord]
+    best_epoch: int
+    best_val_mae_hu: float
+    stopped_because: str  # "early stop: 5 epochs without improvement" | "max epochs" | ...
+    train_patients: tuple[str, ...]
+    val_patients: tuple[str, ...]
+    slices: int  # training slices
+    run_dir: Path
+
+
+def train(
+    pairs: Sequence[CachedPair],
+    options: TrainingOptions,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    resume: bool = True,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainingResult:
+    """Train a network on cached pairs, writing checkpoint, history and loss curve to `run_dir`.
+
+    Parameters
+    ----------
+    pairs
+        The cached pairs (all of one image size).
+    options
+        What to train and how.
+    run_dir
+        The run folder; holds ``checkpoint.pt``, ``history.csv``, ``history.json`` and
+        ``loss_curve.png``.
+    progress
+        Show a progress bar per epoch.
+    resume
+        Continue from ``run_dir/checkpoint.pt`` when there is one (it must come from the same
+        options and data; ``max_epochs``, ``patience``, ``max_minutes`` and ``device`` may
+        differ). Without it, a checkpoint there is overwritten.
+    on_epoch
+        Called after each epoch, once its checkpoint is written.
+    """
+    index = SliceIndex(pairs)
+    if len(index) < 2:
+        raise TrainingError(f"{len(pairs)} pairs with {len(index)} slices: nothing to train on")
+    try:
+        device = pick_device(options.device)
+    except RuntimeError as exc:
+        raise TrainingError(str(exc)) from exc
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = split_patients(pairs, index, options.validation_fraction, options.seed)
+    logger.info(
+        "training %s (%s loss) on %d slices of %d patients, validating on %d slices of %d",
+        options.architecture, options.loss, len(split.train), len(split.train_patients),
+        len(split.val), len(split.val_patients),
+    )  # fmt: skip
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with (
+        torch.random.fork_rng(devices=cuda),  # seed here without touching the caller's RNG
+        torch.backends.cudnn.flags(enabled=True, benchmark=device.type == "cuda"),
+    ):
+        torch.manual_seed(options.seed)
+        network = build_model(options.architecture, options.arguments)
+        _start_head_at_mean(network, index, split.train, options.seed)
+        network.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        identity = identity_of(
+            asdict(options),
+            [(p.source.key, p.source.patient_key, p.cache_key, p.n_slices) for p in pairs],
+        )
+        checkpoint = run_dir / CHECKPOINT
+        if resume and checkpoint.exists():
+            state = load_checkpoint(checkpoint, identity, network, optimiser, scaler)
+            logger.info("resuming %s after epoch %d", run_dir, state.epoch)
+        else:
+            state = RunState(best_weights=cpu_copy(network))
+        started, first_epoch, drawn = time.monotonic(), state.epoch, time.monotonic()
+        while (reason := _stop_reason(state, options, started, first_epoch)) is None:
+            epoch_started = time.monotonic()
+            epoch = state.epoch + 1
+            train_loss, rate = _train_epoch(
+                network, optimiser, scaler, index, split.train, options, epoch, device, progress
+            )
+            val_loss, val_mae = _validate(network, index, split.val, options, device)
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=train_loss,
+                val_loss=val_loss,
+                val_mae_hu=val_mae,
+                seconds=time.monotonic() - epoch_started,
+                slices_per_second=rate,
+                learning_rate=float(optimiser.param_groups[0]["lr"]),
+            )
+            state = state.after_epoch(network, record)
+            save_checkpoint(checkpoint, identity, state, network, optimiser, scaler)
+            write_history(run_dir, state.history)
+            if time.monotonic() - drawn > CURVE_EVERY_S:  # a long run's curve, now and then
+                draw_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE)
+                drawn = time.monotonic()
+            logger.info(
+                "epoch %d: loss %.5f, validation %.5f (%.1f HU)%s, %.1f slices/s",
+                epoch, train_loss, val_loss, val_mae,
+                " best" if state.best_epoch == epoch else "", rate,
+            )  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(record)
+    logger.info("stopped (%s); best epoch %d", reason, state.best_epoch)
+    draw_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE)
+    network.load_state_dict(state.best_weights)
+    network.to(device="cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    network.eval()
+    return TrainingResult(
+        network=network,
+        history=list(state.history),
+        best_epoch=state.best_epoch,
+        best_val_mae_hu=state.best_val_mae_hu,
+        stopped_because=reason,
+        train_patients=split.train_patients,
+        val_patients=split.val_patients,
+        slices=len(split.train),
+        run_dir=run_dir,
+    )
+
+
+def _stop_reason(
+    state: RunState, options: TrainingOptions, started: float, first_epoch: int
+) -> str | None:
+    """Why to stop before the next epoch, or None; the time budget counts from this call."""
+    if state.bad_epochs >= options.patience:
+        return f"early stop: {options.patience} epochs without improvement"
+    if state.epoch >= options.max_epochs:
+        return "max epochs"
+    minutes, budget = (time.monotonic() - started) / 60, options.max_minutes
+    if budget is not None and state.epoch > first_epoch and minutes >= budget:
+        return "time budget"
+    return None
+
+
+def _start_head_at_mean(network: nn.Module, index: SliceIndex, train: Indices, seed: int) -> None:
+    """Start the sigmoid head at the mean target, not at 0.5 (~1000 HU).
+
+    L1's gradient is only a sign, so a saturated start costs the first epochs.
+    """
+    head = getattr(network, "head", None)
+    if not isinstance(head, nn.Conv2d) or head.bias is None:
+        return
+    rng = np.random.default_rng([seed, 2])
+    sample = np.sort(rng.choice(train, size=min(len(train), 512), replace=False))
+    x = np.empty((len(sample), *index.shape), np.float32)
+    y = np.empty_like(x)
+    index.gather(sample, x, y)
+    mean = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+    with torch.no_grad():
+        head.bias.fill_(math.log(mean / (1 - mean)))
+
+
+def _epoch_batches(train: Indices, options: TrainingOptions, epoch: int) -> list[Indices]:
+    order = np.random.default_rng([options.seed, 3, epoch]).permutation(train)
+    size = options.batch_size
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()  # batch norm needs two slices
+    return batches[: options.steps_per_epoch]
+
+
+def _train_epoch(
+    network: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    index: SliceIndex,
+    train: Indices,
+    options: TrainingOptions,
+    epoch: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[float, float]:
+    """One pass; returns the mean training loss and the training slices per second."""
+    network.train()
+    loss_fn = LOSSES[options.loss]
+    seed = int(np.random.SeedSequence([options.seed, 4, epoch]).generate_state(1)[0])
+    generator = torch.Generator().manual_seed(seed)
+    batches = _epoch_batches(train, options, epoch)
+    amp = device.type == "cuda"
+    total = torch.zeros((), device=device)
+    seen = 0
+    started = time.monotonic()
+    bar = tqdm(
+        index.batches(batches, device),
+        total=len(batches),
+        desc=f"epoch {epoch}/{options.max_epochs}",
+        unit="batch",
+        leave=False,
+        disable=not progress,
+    )
+    for step, (x, y) in enumerate(bar):
+        if options.augment:
+            x, y = augment(x, y, generator)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            prediction = network(x)
+        loss = loss_fn(prediction.float(), y)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        scaler.step(optimiser)
+        scaler.update()
+        total += loss.detach() * len(x)
+        seen += len(x)
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = max(time.monotonic() - started, 1e-9)
+    return float(total) / max(seen, 1), seen / seconds
+
+
+@torch.inference_mode()
+def _validate(
+    network: nn.Module,
+    index: SliceIndex,
+    val: Indices,
+    options: TrainingOptions,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Validation loss and MAE in HU over every pixel of the validation slices."""
+    network.eval()
+    loss_fn = LOSSES[options.loss]
+    size = options.batch_size
+    batches = [val[i : i + size] for i in range(0, len(val), size)]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    abs_sum = torch.zeros((), dtype=torch.float64, device=device)
+    pixels = 0
+    for x, y in index.batches(batches, device):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            prediction = network(x).float()
+        loss_sum += loss_fn(prediction, y).double() * len(x)
+        abs_sum += (prediction - y).abs().sum(dtype=torch.float64)
+        pixels += y.numel()
+    slices = max(len(val), 1)
+    return float(loss_sum) / slices, float(abs_sum) / max(pixels, 1) * (HU_MAX - HU_MIN)
+
+
+def manifest_for(
+    result: TrainingResult,
+    options: TrainingOptions,
+    *,
+    name: str,
+    version: str,
+    size: int,
+    sites: Sequence[str],
+    command: str,
+) -> Manifest:
+    """The manifest of the trained model: architecture, provenance (hashed keys) and metrics.
+
+    The patient keys are those of every patient the run used, training and validation.
+    """
+    return Manifest(
+        name=name,
+        version=version,
+        architecture=options.architecture,
+        arguments=copy.deepcopy(options.arguments),
+        input_size=size,
+        hu_min=HU_MIN,
+        hu_max=HU_MAX,
+        clinical_use=False,
+        description=(
+            f"{options.architecture} trained by bonect on {', '.join(sites)} "
+            f"({options.loss} loss, best epoch {result.best_epoch})."
+        ),
+        training=TrainingProvenance(
+            sites=tuple(sites),
+            patient_keys=tuple(sorted({*result.train_patients, *result.val_patients})),
+            slices=result.slices,
+            epochs=result.history[-1].epoch if result.history else 0,
+            loss=options.loss,
+            command=command,
+        ),
+        metrics={
+            "validation_mae_hu": round(result.best_val_mae_hu, 2),
+            "best_epoch": result.best_epoch,
+            "parameters": count_parameters(result.network),
+        },
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )

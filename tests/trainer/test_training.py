@@ -1,0 +1,275 @@
+"""The training loop on tiny phantom caches: best weights, early stop, resume, seeds, losses."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bonect.converter.model_folder import load_model, save_model
+from bonect.converter.models import build_model
+from bonect.converter.volume import write_nifti
+from bonect.phantom.generate import Acquisition, generate_case
+from bonect.trainer.augmentation import augment
+from bonect.trainer.cache import (
+    HU_MAX,
+    HU_MIN,
+    CachedPair,
+    PairSource,
+    SliceIndex,
+    build_cache,
+    split_patients,
+)
+from bonect.trainer.curves import EpochRecord, read_history
+from bonect.trainer.training import (
+    CHECKPOINT,
+    LOSSES,
+    TrainingError,
+    TrainingOptions,
+    TrainingResult,
+    manifest_for,
+    train,
+)
+
+SIZE = 32
+OPTIONS = TrainingOptions(
+    arguments={"base_filters": 8, "levels": 3},
+    batch_size=8,
+    max_epochs=3,
+    steps_per_epoch=3,
+    seed=5,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: fast on a shared 2-core machine, and one thread count throughout."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> list[CachedPair]:
+    """Three coarse phantom patients, cached at 32² (about 70 slices each)."""
+    root = tmp_path_factory.mktemp("training-pairs")
+    sources = []
+    for index in (1, 2, 3):
+        case = generate_case(
+            11, index, acquisition=Acquisition("axial", (4.0, 4.0, 4.0)), ct_acquisition=None
+        )
+        mr = write_nifti(case.mr, root / f"p{index}" / "mr.nii.gz")
+        ct = write_nifti(case.ct_on_mr, root / f"p{index}" / "ct.nii.gz")
+        sources.append(PairSource(f"external-phantom/PH{index:04d}", f"key{index}", mr, ct))
+    return build_cache(root / "cache", sources, SIZE, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(pairs: list[CachedPair], tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
+    """An uninterrupted run of three epochs."""
+    return train(pairs, OPTIONS, tmp_path_factory.mktemp("reference"), progress=False)
+
+
+def _trajectory(history: list[EpochRecord]) -> list[tuple[float, ...]]:
+    """What a seed fixes (timings excluded)."""
+    return [(r.epoch, r.train_loss, r.val_loss, r.val_mae_hu, r.learning_rate) for r in history]
+
+
+def _weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _val_mae_hu(network: torch.nn.Module, pairs: list[CachedPair]) -> float:
+    index = SliceIndex(pairs)
+    split = split_patients(pairs, index, OPTIONS.validation_fraction, OPTIONS.seed)
+    x, y = index.load(split.val)
+    with torch.inference_mode():
+        return float((network(x) - y).abs().double().mean()) * (HU_MAX - HU_MIN)
+
+
+def test_a_short_run_learns_and_returns_its_best_weights(
+    reference: TrainingResult, pairs: list[CachedPair]
+) -> None:
+    history = reference.history
+    assert [r.epoch for r in history] == [1, 2, 3]
+    assert reference.stopped_because == "max epochs"
+    assert history[-1].train_loss < history[0].train_loss
+    assert all(np.isfinite(r.val_mae_hu) and r.slices_per_second > 0 for r in history)
+    best = min(history, key=lambda r: r.val_loss)
+    assert reference.best_epoch == best.epoch
+    assert reference.best_val_mae_hu == best.val_mae_hu
+    # the network returned is the best one: its validation MAE is the best epoch's
+    network = reference.network
+    assert not network.training and next(network.parameters()).device.type == "cpu"
+    assert _val_mae_hu(network, pairs) == pytest.approx(best.val_mae_hu, rel=1e-4)
+    saved = torch.load(reference.run_dir / CHECKPOINT, weights_only=True)["best_weights"]
+    assert all(torch.equal(v, saved[k]) for k, v in network.state_dict().items())
+    # patients, not slices, are split
+    assert len(reference.val_patients) == 1
+    assert set(reference.train_patients) | set(reference.val_patients) == {"key1", "key2", "key3"}
+    assert not set(reference.train_patients) & set(reference.val_patients)
+    assert reference.slices == sum(
+        p.n_slices for p in pairs if p.source.patient_key in reference.train_patients
+    )
+
+
+def test_the_run_folder_holds_history_and_loss_curve(reference: TrainingResult) -> None:
+    run = reference.run_dir
+    assert read_history(run) == reference.history
+    with (run / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[0]["val_mae_hu"]) == pytest.approx(reference.history[0].val_mae_hu)
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_the_manifest_describes_the_model(reference: TrainingResult, tmp_path: Path) -> None:
+    manifest = manifest_for(
+        reference,
+        OPTIONS,
+        name="test",
+        version="1",
+        size=SIZE,
+        sites=["external-phantom"],
+        command="pytest",
+    )
+    assert manifest.training.patient_keys == ("key1", "key2", "key3")
+    assert manifest.training.epochs == 3 and manifest.training.loss == "mae"
+    assert manifest.training.slices == reference.slices
+    assert manifest.metrics["validation_mae_hu"] == pytest.approx(reference.best_val_mae_hu, 0.01)
+    loaded = load_model(save_model(tmp_path / "model", manifest, reference.network))
+    assert _weights_equal(loaded.network, reference.network)
+
+
+def test_same_seed_and_data_give_the_same_history(
+    reference: TrainingResult, pairs: list[CachedPair], tmp_path: Path
+) -> None:
+    again = train(pairs, dataclasses.replace(OPTIONS, max_epochs=2), tmp_path / "a", progress=False)
+    assert _trajectory(again.history) == _trajectory(reference.history[:2])
+    other_seed = dataclasses.replace(OPTIONS, max_epochs=1, seed=6)
+    other = train(pairs, other_seed, tmp_path / "b", progress=False)
+    assert _trajectory(other.history) != _trajectory(reference.history[:1])
+
+
+def test_an_interrupted_run_resumes_as_if_never_interrupted(
+    reference: TrainingResult, pairs: list[CachedPair], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    first = train(pairs, dataclasses.replace(OPTIONS, max_epochs=1), run, progress=False)
+    assert len(first.history) == 1  # stopped by max epochs, as a shorter budget would
+
+    def interrupt(record: EpochRecord) -> None:
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(pairs, OPTIONS, run, progress=False, on_epoch=interrupt)
+    assert [r.epoch for r in read_history(run)] == [1, 2]
+
+    resumed = train(pairs, OPTIONS, run, progress=False)
+    assert _trajectory(resumed.history) == _trajectory(reference.history)
+    assert resumed.best_epoch == reference.best_epoch
+    assert _weights_equal(resumed.network, reference.network)
+
+
+def test_resuming_with_other_options_or_data_is_refused(
+    reference: TrainingResult, pairs: list[CachedPair], tmp_path: Path
+) -> None:
+    run = tmp_path / "copy"
+    run.mkdir()
+    (run / CHECKPOINT).write_bytes((reference.run_dir / CHECKPOINT).read_bytes())
+    with pytest.raises(TrainingError, match="seed: 5 -> 9") as other_options:
+        train(pairs, dataclasses.replace(OPTIONS, seed=9), run, progress=False)
+    with pytest.raises(TrainingError, match="data differ: 3 pairs then, 2 now") as other_data:
+        train(pairs[:2], OPTIONS, run, progress=False)
+    for error in (other_options, other_data):
+        assert "\n" not in str(error.value)
+    (run / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="unreadable checkpoint"):
+        train(pairs, OPTIONS, run, progress=False)
+
+
+def test_early_stop_after_patience_epochs_without_improvement(
+    pairs: list[CachedPair], tmp_path: Path
+) -> None:
+    # a huge learning rate saturates the sigmoid at once: the validation loss stops improving
+    options = dataclasses.replace(
+        OPTIONS, learning_rate=10.0, patience=2, max_epochs=8, steps_per_epoch=2, augment=False
+    )
+    result = train(pairs, options, tmp_path, progress=False)
+    assert result.stopped_because == "early stop: 2 epochs without improvement"
+    assert len(result.history) == result.best_epoch + 2 < 8
+    best = result.history[result.best_epoch - 1].val_loss
+    assert all(r.val_loss >= best for r in result.history)
+
+
+def test_mix_loss_and_time_budget(pairs: list[CachedPair], tmp_path: Path) -> None:
+    p, t = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    expected = (p - t).abs().mean() + 4.4 * ((p - t) ** 2).mean()
+    assert float(LOSSES["mix"](p, t)) == pytest.approx(float(expected), rel=1e-6)
+
+    options = dataclasses.replace(OPTIONS, loss="mix", max_minutes=0.0)
+    result = train(pairs, options, tmp_path, progress=False)
+    assert result.stopped_because == "time budget" and len(result.history) == 1
+    (record,) = result.history
+    assert np.isfinite(record.val_loss) and record.val_loss > record.val_mae_hu / (HU_MAX - HU_MIN)
+
+
+def test_validation_split_by_patient_and_single_patient_fallback(
+    pairs: list[CachedPair],
+) -> None:
+    index = SliceIndex(pairs)
+    split = split_patients(pairs, index, 0.15, seed=0)
+    assert len(split.val_patients) == 1 and len(split.train_patients) == 2
+    assert not set(split.train.tolist()) & set(split.val.tolist())
+    assert len(split.train) + len(split.val) == len(index)
+
+    one = SliceIndex(pairs[:1])
+    single = split_patients(pairs[:1], one, 0.15, seed=0)
+    assert single.val_patients == () and single.train_patients == ("key1",)
+    assert len(single.val) == round(0.15 * len(one)) and len(single.train) == len(one) - len(
+        single.val
+    )
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="loss 'huber'"):
+        TrainingOptions(loss="huber")
+    with pytest.raises(ValueError, match="architecture"):
+        TrainingOptions(architecture="resnet")
+
+
+def test_vgg16_unet_takes_a_training_step(pairs: list[CachedPair]) -> None:
+    """Construction smoke (a full run would write a ~450 MB checkpoint per epoch)."""
+    options = TrainingOptions(architecture="vgg16_unet", batch_size=2)
+    torch.manual_seed(0)
+    network = build_model(options.architecture, options.arguments)
+    network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
+    ((x, y),) = SliceIndex(pairs).batches([np.array([10, 40])], torch.device("cpu"))
+    x, y = augment(x, y, torch.Generator().manual_seed(0))
+    prediction = network(x)
+    loss = LOSSES[options.loss](prediction, y)
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimiser.step()
+    assert prediction.shape == (2, 1, SIZE, SIZE) and np.isfinite(float(loss.detach()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_with_mixed_precision(pairs: list[CachedPair], tmp_path: Path) -> None:
+    options = dataclasses.replace(OPTIONS, device="cuda", max_epochs=2)
+    result = train(pairs, options, tmp_path, progress=False)
+    assert len(result.history) == 2 and np.isfinite(result.best_val_mae_hu)
+    assert next(result.network.parameters()).device.type == "cpu"
+    resumed = train(pairs, dataclasses.replace(options, max_epochs=3), tmp_path, progress=False)
+    assert [r.epoch for r in resumed.history] == [1, 2, 3]
