@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     convert.add_argument("--batch-size", type=positive_int, default=16)
     convert.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="PyTorch CPU threads (default 0: one per core; on a busy host fewer can be faster)",
+    )
+    convert.add_argument(
         "--config", type=Path, default=None, help="config.toml (for the model registry)"
     )
     convert.set_defaults(handler=_convert)
@@ -146,9 +152,10 @@ def _convert(args: argparse.Namespace) -> int:
     volume, series = read_input(args.input)  # refuse a bad input before loading PyTorch
 
     from bonect.converter.files import convert_input
-    from bonect.converter.inference import pick_device
+    from bonect.converter.inference import pick_device, set_threads
     from bonect.converter.pipeline import resolve_method
 
+    set_threads(args.threads)
     device = pick_device(args.device)
     method = resolve_method(args.model, registry=registry, device=device)
     logger.info("converting %s with %s on %s", args.input, method.label, device)

@@ -95,6 +95,7 @@ class ConverterConfig(BaseModel, frozen=True, extra="forbid"):
     planes: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=16, ge=1)
+    threads: int = Field(default=0, ge=0)  # PyTorch CPU threads; 0: PyTorch's default
 
 
 class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
@@ -113,6 +114,7 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
     repeats: int = Field(default=1, ge=1)  # the paper repeated its 4-fold CV 10 times
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=0, ge=0)  # PyTorch CPU threads; 0: PyTorch's default
     external_sites: tuple[str, ...] = ()  # default --external sites of `augment`
 
     @field_validator("image_size")

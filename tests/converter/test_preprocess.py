@@ -162,3 +162,24 @@ def test_normalise_puts_soft_tissue_near_one(phantom_case: PhantomCase) -> None:
     scaled = normalise(mr, mask)
     soft = float(np.mean(scaled[phantom_case.labels.array == Tissue.SOFT]))
     assert 0.85 < soft < 1.15
+
+
+def test_on_fine_grids_the_closing_runs_on_2_mm_blocks_and_keeps_the_fine_outline() -> None:
+    from bonect.converter import preprocess
+
+    # a head-like ellipsoid at 0.5 mm, with a dark bone shell and a sinus open to the outside
+    shape, spacing = (80, 120, 120), (0.6, 0.5, 0.5)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    r = np.sqrt(
+        ((z - 40) * 0.6 / 22) ** 2 + ((y - 60) * 0.5 / 28) ** 2 + ((x - 60) * 0.5 / 26) ** 2
+    )
+    mask = r < 1.0
+    mask &= ~((r > 0.8) & (r < 0.88))  # a thin dark shell (bone) under the surface
+    mask &= ~((np.abs(z - 40) * 0.6 < 2) & (np.abs(y - 60) * 0.5 < 2) & (x * 0.5 > 20))  # a duct
+    exact = preprocess._close(mask, spacing)
+    blocked = preprocess.close_head(mask, spacing)
+    assert preprocess.CLOSING_GRID_MM // spacing[1] > 1  # the blocked path ran
+    assert blocked[mask].all()  # never removes what the threshold found
+    inside = exact & ~mask  # what the exact closing fills
+    assert blocked[inside].mean() > 0.97
+    assert (blocked & ~exact).sum() <= 0.001 * exact.sum()  # hardly anything beyond it

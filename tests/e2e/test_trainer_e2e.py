@@ -81,6 +81,7 @@ def test_augment_learns_from_what_the_daemon_received_and_the_daemon_uses_it(
                 "folds": 2,
                 "patience": 2,
                 "device": "cpu",
+                "threads": 1,
             }
         },
     )

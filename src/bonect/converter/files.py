@@ -79,7 +79,13 @@ def convert_input(
         )
     started = time.perf_counter()
     conversion = convert(
-        volume, method, planes=planes, batch_size=batch_size, device=device, progress=progress
+        volume,
+        method,
+        planes=planes,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        uncertainty=output_format == "nifti",  # DICOM output does not carry it
     )
     name, version, clinical = method_identity(method)
     if output_format == "dicom":

@@ -28,6 +28,17 @@ def pick_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
+def set_threads(threads: int) -> None:
+    """Use `threads` CPU threads for PyTorch (0: leave PyTorch's default, one per core).
+
+    On a host whose cores are busy with other work, fewer threads than cores can be faster:
+    each parallel operation waits for its slowest thread.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
+        logger.info("PyTorch uses %d CPU thread(s)", threads)
+
+
 @dataclass(frozen=True)
 class CubePrediction:
     """The fused prediction (HU) on the cube and the spread between planes (HU)."""

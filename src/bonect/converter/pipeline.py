@@ -84,8 +84,13 @@ def convert(
     batch_size: int = 16,
     device: torch.device | None = None,
     progress: bool = False,
+    uncertainty: bool = True,
 ) -> Conversion:
-    """Return a synthetic CT (float32 HU, air outside the head) on the grid of `mr`."""
+    """Return a synthetic CT (float32 HU, air outside the head) on the grid of `mr`.
+
+    ``uncertainty=False`` skips mapping the between-plane spread back onto the MR grid (about
+    as costly as mapping the sCT) for callers that do not keep it.
+    """
     if isinstance(method, Classical):
         return Conversion(sct=classical_sct(mr, method.parameters), uncertainty=None)
     size = method.manifest.input_size
@@ -101,9 +106,9 @@ def convert(
     hu = from_cube(pred.hu, prepared.cube, mr, cval=-1000.0)
     hu[~prepared.mask] = -1000.0
     np.clip(hu, *HU_CLIP, out=hu)
-    uncertainty = None
-    if pred.spread is not None:
+    spread_volume = None
+    if pred.spread is not None and uncertainty:
         spread = from_cube(pred.spread, prepared.cube, mr, cval=0.0)
         spread[~prepared.mask] = 0.0
-        uncertainty = mr.with_array(spread)
-    return Conversion(sct=mr.with_array(hu), uncertainty=uncertainty)
+        spread_volume = mr.with_array(spread)
+    return Conversion(sct=mr.with_array(hu), uncertainty=spread_volume)

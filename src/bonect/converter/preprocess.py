@@ -52,15 +52,53 @@ def head_mask(mr: F32, spacing: tuple[float, float, float]) -> Mask:
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
     mask = labels == (int(np.argmax(sizes)) + 1)
     # close dark structures inside the head (bone, sinuses, airway) and fill what stays enclosed
-    radius_mm = 6.0
-    structure = _ball(radius_mm, spacing)
-    pad = [(s // 2, s // 2) for s in structure.shape]
-    closed = ndimage.binary_closing(np.pad(mask, pad), structure=structure)
-    mask = closed[tuple(slice(p, -p if p else None) for p, _ in pad)]
+    mask = close_head(mask, spacing)
     mask = ndimage.binary_fill_holes(mask)
     for k in range(mask.shape[0]):  # airways open to the outside: fill slice by slice too
         mask[k] = ndimage.binary_fill_holes(mask[k])
     return np.asarray(mask, dtype=bool)
+
+
+CLOSING_RADIUS_MM = 6.0
+"""Dark structures narrower than about twice this (bone, sinus walls, airway) join the head."""
+
+CLOSING_GRID_MM = 2.0
+"""The closing runs on a grid no finer than this: its cost grows with the ball's voxel count."""
+
+
+def close_head(mask: Mask, spacing: tuple[float, float, float]) -> Mask:
+    """Morphological closing of the head by a ball of :data:`CLOSING_RADIUS_MM`.
+
+    On grids coarser than :data:`CLOSING_GRID_MM` (every phantom and most bone MR) it is the
+    exact closing. On finer grids the cost of the exact closing grows with the ball's voxel
+    count (a 0.45 mm grid: about 70 minutes for 512 × 512 × 400), so the closing runs on
+    blocks of about 2 mm (a block is in the mask when half of it is), and what it adds, shrunk
+    by one block so that it stays inside the head's outline, is added to the fine mask: the
+    outline stays the fine one, dark structures inside are filled as before.
+    """
+    blocks = tuple(max(1, int(CLOSING_GRID_MM // s)) for s in spacing)
+    if blocks == (1, 1, 1):
+        return _close(mask, spacing)
+    b0, b1, b2 = blocks
+    shape = mask.shape
+    padded = np.zeros([-(-n // b) * b for n, b in zip(shape, blocks, strict=True)], dtype=bool)
+    padded[: shape[0], : shape[1], : shape[2]] = mask
+    n0, n1, n2 = (n // b for n, b in zip(padded.shape, blocks, strict=True))
+    counts = np.zeros((n0, n1, n2), dtype=np.int32)
+    for k in range(b0):  # one block offset at a time: no full-size temporaries
+        counts += padded[k::b0].reshape(n0, n1, b1, n2, b2).sum(axis=(2, 4), dtype=np.int32)
+    small = counts * 2 >= b0 * b1 * b2
+    coarse = (spacing[0] * b0, spacing[1] * b1, spacing[2] * b2)
+    inner = ndimage.binary_erosion(_close(small, coarse))
+    up = inner.repeat(b0, 0)[: shape[0]].repeat(b1, 1)[:, : shape[1]].repeat(b2, 2)
+    return np.asarray(mask | up[:, :, : shape[2]], dtype=bool)
+
+
+def _close(mask: Mask, spacing: tuple[float, float, float]) -> Mask:
+    structure = _ball(CLOSING_RADIUS_MM, spacing)
+    pad = [(s // 2, s // 2) for s in structure.shape]
+    closed = ndimage.binary_closing(np.pad(mask, pad), structure=structure)
+    return np.asarray(closed[tuple(slice(p, -p if p else None) for p, _ in pad)], dtype=bool)
 
 
 def otsu_threshold(image: F32, bins: int = 256) -> float:

@@ -328,8 +328,10 @@ def job_lines(catalog: Catalog, state: str | None, limit: int) -> list[str]:
 
 def cmd_start(args: argparse.Namespace) -> int:
     path, config = _checked(args)  # first: a bad config exits 78 before the heavy imports
+    from bonect.converter.inference import set_threads
     from bonect.daemon.node import Node
 
+    set_threads(config.converter.threads)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

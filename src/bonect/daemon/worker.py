@@ -169,6 +169,7 @@ class Worker:
             planes=self.settings.planes,
             batch_size=self.settings.batch_size,
             device=self.settings.device,
+            uncertainty=False,  # the sCT series does not carry it
         )
         self.last_timings.add("convert", started)
         if self.metrics is not None:

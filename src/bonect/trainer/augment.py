@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bonect.config import Config, TrainerConfig
-from bonect.converter.inference import pick_device
+from bonect.converter.inference import pick_device, set_threads
 from bonect.converter.model_folder import load_model, promoted_model
 from bonect.converter.pipeline import Classical, Method, method_identity
 from bonect.trainer.evaluate import Evaluation, EvaluationError, Experiment, score_method
@@ -117,6 +117,7 @@ def augment(
 ) -> AugmentResult:
     """The whole of ``bonect-trainer augment``; `harvest` refreshes the local site first."""
     tc = config.trainer
+    set_threads(tc.threads)
     store = SiteStore(config.trainer_dir)
     external = tuple(external or tc.external_sites)
     if site in external:
@@ -257,6 +258,7 @@ def evaluate(
 ) -> Path:
     """Patient-level k-fold CV on `site` (external sites added to every training set)."""
     tc = config.trainer
+    set_threads(tc.threads)
     store = SiteStore(config.trainer_dir)
     test = registered_pairs(store, [site], tc.registration_threshold, progress=progress)
     ext = registered_pairs(store, external, tc.registration_threshold, progress=progress)

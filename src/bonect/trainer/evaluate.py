@@ -114,7 +114,9 @@ def score_method(
     out.mkdir(parents=True, exist_ok=True)
     for state in states:
         mr, ct = read_nifti(state.pair.mr), read_nifti(state.ct_on_mr)
-        sct = convert(mr, method, planes=planes, batch_size=batch_size, device=device).sct
+        sct = convert(
+            mr, method, planes=planes, batch_size=batch_size, device=device, uncertainty=False
+        ).sct
         mask = head_mask(np.asarray(mr.array, dtype=np.float32), mr.spacing)
         metrics = compute_metrics(sct.array, ct.array, mask=mask, body_mask=mask)
         path = write_nifti(sct, out / f"{state.pair.site}-{state.pair.case}.nii.gz")

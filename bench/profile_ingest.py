@@ -1,0 +1,100 @@
+"""Where a C-STORE's time goes in the daemon: the node in this process, its steps timed.
+
+Opens :class:`bonect.daemon.node.Node` from a generated config (as ``bonect-daemon start``
+does, without conversion), runs its loop in a thread, has DCMTK ``storescu`` send a series,
+and reports per instance the wall time of the C-STORE handler's steps (wrapped module
+attributes; the wrappers cost microseconds) against the seconds per instance seen by
+``storescu``. ``--what-if`` patches candidates from bench/whatif.py in first.
+
+    python bench/profile_ingest.py [--quick] [--series mr|ct] [--what-if NAME,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import daemon_config, free_port, scratch, stopwatch, storescu, table
+from ingest import QUICK_SERIES, SERIES
+from series import series_files
+
+
+def _timed(totals: dict[str, list[float]], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals.setdefault(name, []).append(time.perf_counter() - started)
+
+    return wrapper
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--series", choices=("mr", "ct"), default="mr")
+    parser.add_argument("--what-if", default="")
+    args = parser.parse_args(argv)
+    import whatif
+
+    for name in filter(None, args.what_if.split(",")):
+        whatif.apply(name)
+    import bonect.catalog.queue as queue
+    import bonect.daemon.archive as archive
+    import bonect.daemon.node as node
+    import bonect.daemon.scp as scp
+    from bonect.config import load_config
+
+    totals: dict[str, list[float]] = {}
+    scp._Handlers.on_store = _timed(totals, "handler (on_store)", scp._Handlers.on_store)
+    archive.Archive.write = _timed(totals, "  archive.write", archive.Archive.write)
+    archive._fsync_dir = _timed(totals, "    fsync of the folder", archive._fsync_dir)
+    node.dcmread = _timed(totals, "  sink: dcmread of the file just written", node.dcmread)
+    queue.Catalog.record_instance = _timed(
+        totals, "  sink: catalog.record_instance", queue.Catalog.record_instance
+    )
+    scp.InstanceRef.from_dataset = _timed(
+        totals, "  InstanceRef.from_dataset", scp.InstanceRef.from_dataset
+    )
+    spec = (QUICK_SERIES if args.quick else SERIES)[0 if args.series == "mr" else 1]
+    files = series_files(spec)
+    with scratch("profile-ingest-") as tmp:
+        port = free_port()
+        path = daemon_config(
+            Path(tmp), port=port, pacs_port=free_port(), sections={"rules": {"convert": []}}
+        )
+        the_node = node.Node.open(load_config(path))
+        stop = threading.Event()
+        loop = threading.Thread(target=the_node.run, args=(stop,), daemon=True)
+        loop.start()
+        try:
+            with stopwatch() as elapsed:
+                done = storescu(port, files, called_ae="BONECT")
+        finally:
+            stop.set()
+            loop.join(timeout=30)
+            the_node.close()
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    n = len(files)
+    per = elapsed() / n
+    rows = [["storescu, per instance (all of it)", f"{per * 1000:.1f}", "100%"]]
+    for name, values in totals.items():
+        mean = sum(values) / n
+        rows.append([name, f"{mean * 1000:.1f}", f"{100 * mean / per:.0f}%"])
+    print(
+        f"{spec.label}: {n / elapsed():.1f} instances/s"
+        + (f" (what-if {args.what_if})" if args.what_if else "")
+    )
+    print(table(["step", "ms per instance", "share"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
