@@ -4,11 +4,10 @@ Both send the same files, on one association, to a fresh Orthanc (TCP_NODELAY=1)
 time is the call (``send_files`` in this process, with pynetdicom already imported) or the
 ``storescu`` process (TCP_NODELAY=1), and Orthanc's instance count is checked afterwards. The
 senders take turns within each run, in an order that alternates from run to run.
-Target: bonect ≥ 0.8x DCMTK ``storescu``. ``--what-if send-path`` adds two senders: bonect's
-with the candidate of bench/whatif.py patched in (each file's bytes sent as stored), and the
-same on two associations at once (every other file each, one thread per association).
+Target: bonect ≥ 0.8x DCMTK ``storescu``. ``--what-if two-associations`` adds bonect's sender
+on two associations at once (every other file each, one thread per association).
 
-    python bench/send.py [--quick] [--runs 3] [--what-if send-path]
+    python bench/send.py [--quick] [--runs 3] [--what-if two-associations]
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import whatif
 from common import (
     Orthanc,
     Samples,
@@ -39,29 +37,21 @@ SENDERS = ("bonect", "dcmtk")
 NAMES = {
     "bonect": "bonect send_files",
     "dcmtk": "DCMTK storescu",
-    "what-if": "bonect send_files, what-if send-path",
-    "what-if-2": "bonect send_files, what-if send-path, 2 associations",
+    "what-if-2": "bonect send_files, 2 associations",
 }
 
 
 def send_once(sender: str, files: list[Path], work: Path) -> float:
-    import bonect.daemon.sender as module
     from bonect.daemon.sender import DestinationNode, send_files
 
     with Orthanc(work, allowed_aets=("BONECT",)) as pacs:
         if sender != "dcmtk":
             node = DestinationNode("PACS", "127.0.0.1", pacs.dicom_port)
-            read = module.dcmread
-            if sender.startswith("what-if"):
-                whatif.apply("send-path")
             parts = [files] if sender != "what-if-2" else [files[0::2], files[1::2]]
-            try:
-                with stopwatch() as elapsed, ThreadPoolExecutor(len(parts)) as pool:
-                    reports = list(
-                        pool.map(lambda part: send_files(part, node, calling_ae="BONECT"), parts)
-                    )
-            finally:
-                module.dcmread = read
+            with stopwatch() as elapsed, ThreadPoolExecutor(len(parts)) as pool:
+                reports = list(
+                    pool.map(lambda part: send_files(part, node, calling_ae="BONECT"), parts)
+                )
             ok = all(r.all_stored for r in reports)
             detail = f"{sum(len(r.stored) for r in reports)} stored"
         else:
@@ -78,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny series, smoke test only")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--what-if", default="", choices=("", "send-path"))
+    parser.add_argument("--what-if", default="", choices=("", "two-associations"))
     args = parser.parse_args(argv)
-    senders = SENDERS + (("what-if", "what-if-2") if args.what_if else ())
+    senders = SENDERS + (("what-if-2",) if args.what_if else ())
     import bonect.daemon.sender  # noqa: F401  (imported before timing)
 
     specs = QUICK_SERIES if args.quick else SERIES

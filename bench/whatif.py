@@ -3,6 +3,9 @@
 Each function here is a drop-in candidate for a function in ``src/bonect``; a benchmark run
 with ``--what-if NAME`` patches it in (in its child processes only) and labels its rows
 ``what-if``. Nothing here is used by bonect itself; the report says which change to make.
+Applied in ``src/`` since (2026-11-29): the closing on ~2 mm blocks (as in ``mask-closing``,
+keeping the fine outline), the dataset handed to the sink (``sink-dataset``), and the file's
+bytes sent as stored (was ``send-path``); the candidates stay here for comparison.
 
 ``mask``: :func:`bonect.converter.preprocess.head_mask` works at the MR's own resolution and
 closes the mask with a 6 mm ball (``ndimage.binary_closing``), whose cost grows with voxels x
@@ -13,12 +16,6 @@ brings it back to the MR grid by repeating blocks: everything but two passes ove
 volume becomes ~60x smaller. ``mask-closing`` keeps the full-resolution mask and does only
 the closing on the coarse grid.
 
-``send-path``: :func:`bonect.daemon.sender._store_one` reads each file with ``dcmread`` and
-hands the dataset to ``send_c_store``, which encodes it again element by element. pynetdicom
-(≥ 2.1) also takes the file's path and sends its bytes as stored: the candidate is
-``assoc.send_c_store(f.path, msg_id=msg_id)``, patched in by making the module's ``dcmread``
-return the path.
-
 ``sink-dataset``: :meth:`bonect.daemon.node.CatalogSink.record` reads back the header of the
 file the SCP has just written (``dcmread(path, stop_before_pixels=True)``), although the
 handler holds the decoded dataset already. The candidate hands ``event.dataset`` down (here:
@@ -28,7 +25,6 @@ kept in a thread-local by the handler and returned by the module's ``dcmread``).
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,10 +137,6 @@ def apply(name: str) -> None:
         candidate = head_mask if name == "mask" else head_mask_closing
         preprocess.head_mask = candidate  # type: ignore[assignment]
         classical.head_mask = candidate  # type: ignore[assignment]
-    elif name == "send-path":
-        import bonect.daemon.sender as sender
-
-        sender.dcmread = lambda path, *a, **k: Path(path)  # type: ignore[assignment]
     elif name == "sink-dataset":
         import bonect.daemon.node as node
         import bonect.daemon.scp as scp

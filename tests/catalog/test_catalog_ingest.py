@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, select
 
 from bonect.catalog import Catalog, Role, SettleState, patient_key
+from bonect.catalog.models import Instance, Series
 from catalog.catalog_support import FakeClock, header, receive, series_headers
 
 SERIES = "1.2.826.0.1.3680043.8.498.100"
@@ -144,3 +147,63 @@ def test_the_calling_ae_of_the_latest_instance_is_kept_per_series(
     catalog.record_instance(third, Path("/a/3"), received_at=clock.now())  # the drop folder
     series = catalog.series(SERIES)
     assert series is not None and series.calling_ae is None
+
+
+def test_an_instance_that_claims_another_series_moves_there(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    receive(catalog, series_headers(2, "1.2.3.1"), clock.now())
+    moved = replace(header("1.2.3.2", 0), sop_instance_uid=header("1.2.3.1", 1).sop_instance_uid)
+    record = catalog.record_instance(moved, Path("/b/moved"), received_at=clock.advance(1))
+    assert record.created
+    one, two = catalog.series("1.2.3.1"), catalog.series("1.2.3.2")
+    assert one is not None and one.instance_count == 1
+    assert two is not None and two.instance_count == 1
+    assert [i.path for i in catalog.instances("1.2.3.2")] == [Path("/b/moved")]
+
+
+def test_expected_count_is_filled_in_by_a_later_instance(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    receive(catalog, [header(index=0)], clock.now())
+    series = catalog.series(SERIES)
+    assert series is not None and series.expected_count is None
+    receive(catalog, [header(index=1, expected=7)], clock.now())
+    receive(catalog, [header(index=2, expected=9)], clock.now())  # the first one given stays
+    series = catalog.series(SERIES)
+    assert series is not None and series.expected_count == 7 and series.instance_count == 3
+
+
+def _delete_series(catalog: Catalog, series_uid: str) -> None:
+    with catalog.writing() as session:
+        series_id = session.scalar(select(Series.id).where(Series.series_uid == series_uid))
+        session.execute(delete(Instance).where(Instance.series_id == series_id))
+        session.execute(delete(Series).where(Series.id == series_id))
+
+
+def test_a_deleted_series_is_created_again(catalog: Catalog, clock: FakeClock) -> None:
+    receive(catalog, series_headers(2), clock.now())  # its id is now cached
+    _delete_series(catalog, SERIES)
+    record = catalog.record_instance(header(index=5), Path("/c/6"), received_at=clock.advance(1))
+    assert record.created
+    series = catalog.series(SERIES)
+    assert series is not None and series.instance_count == 1
+    assert [i.path for i in catalog.instances(SERIES)] == [Path("/c/6")]
+
+
+def test_a_cached_id_taken_by_another_series_is_not_used(db_url: str, clock: FakeClock) -> None:
+    first, second = Catalog.open(db_url), Catalog.open(db_url)
+    try:
+        receive(first, [header("1.2.3.1", 0)], clock.now())  # first caches 1.2.3.1's id
+        _delete_series(first, "1.2.3.1")
+        receive(second, [header("1.2.3.2", 0)], clock.now())  # SQLite may reuse that id
+        receive(first, [header("1.2.3.1", 1)], clock.advance(1))
+        one, two = first.series("1.2.3.1"), first.series("1.2.3.2")
+        assert one is not None and one.instance_count == 1
+        assert two is not None and two.instance_count == 1
+        assert [i.sop_instance_uid for i in first.instances("1.2.3.2")] == [
+            header("1.2.3.2", 0).sop_instance_uid
+        ]
+    finally:
+        first.close()
+        second.close()

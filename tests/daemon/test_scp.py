@@ -33,6 +33,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from bonect.catalog.header import header_from_dataset
 from bonect.daemon.archive import Archive, InstanceRef
 from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
 from bonect.errors import ConfigError
@@ -66,6 +67,7 @@ class RecordingSink:
 
     fail_with: Exception | None = None
     records: list[Recorded] = field(default_factory=list)
+    datasets: list[Dataset | None] = field(default_factory=list)
     ended: list[tuple[str, datetime]] = field(default_factory=list)
     ended_event: threading.Event = field(default_factory=threading.Event)
 
@@ -77,12 +79,14 @@ class RecordingSink:
         association_id: str,
         calling_ae: str,
         peer_address: str,
+        dataset: Dataset | None = None,
     ) -> None:
         if self.fail_with is not None:
             raise self.fail_with
         self.records.append(
             Recorded(ref, path, received_at, association_id, calling_ae, peer_address)
         )
+        self.datasets.append(dataset)
 
     def association_ended(self, association_id: str, at: datetime) -> None:
         self.ended.append((association_id, at))
@@ -255,6 +259,12 @@ def test_pynetdicom_scu_series_is_archived_as_sent(
         assert dataset_bytes(rec.path) == dataset_bytes(source)
     decoded = dcmread(node.sink.records[0].path)
     assert (decoded.pixel_array == dcmread(sources[0]).pixel_array).all()
+    # the sink is handed the dataset the SCP decoded: the same header as the file written
+    for rec, dataset in zip(node.sink.records, node.sink.datasets, strict=True):
+        assert dataset is not None
+        assert header_from_dataset(dataset) == header_from_dataset(
+            dcmread(rec.path, stop_before_pixels=True)
+        )
 
 
 def test_c_echo(start_node: StartNode) -> None:

@@ -132,9 +132,9 @@ def uid_of(path: Path) -> str:
 def test_statuses_decide_the_outcome_and_each_is_reported(
     fake_pacs: FakePacs, tmp_path: Path
 ) -> None:
-    paths = mr_files(tmp_path, 4)
+    paths = mr_files(tmp_path, 5)
     uids = [uid_of(p) for p in paths]
-    fake_pacs.statuses = {uids[1]: 0xB000, uids[2]: 0xA700, uids[3]: 0xB007}
+    fake_pacs.statuses = {uids[1]: 0xB000, uids[2]: 0xA700, uids[3]: 0xB007, uids[4]: 0xB006}
     calls: list[tuple[str, int | None, str | None]] = []
 
     report = send_files(
@@ -145,7 +145,7 @@ def test_statuses_decide_the_outcome_and_each_is_reported(
         on_result=lambda uid, status, error: calls.append((uid, status, error)),
     )
 
-    assert report.stored == (uids[0], uids[1], uids[3])
+    assert report.stored == (uids[0], uids[1], uids[3], uids[4])
     assert report.failed == (uids[2],)
     assert report.unknown == () and not report.all_stored
     assert calls == [
@@ -153,6 +153,7 @@ def test_statuses_decide_the_outcome_and_each_is_reported(
         (uids[1], 0xB000, None),
         (uids[2], 0xA700, "status 0xA700"),
         (uids[3], 0xB007, None),
+        (uids[4], 0xB006, None),
     ]
     assert fake_pacs.associations == 1
 

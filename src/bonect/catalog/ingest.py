@@ -13,12 +13,28 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
 
 from bonect.catalog.jobs import JobState, sources_of, transition
-from bonect.catalog.models import Instance, Job, Role, Series, SettleState, Study
+from bonect.catalog.models import Instance, Job, Role, Series, SettleState, Study, UTCDateTime
 from bonect.catalog.records import (
     InstanceHeader,
     InstanceRecord,
@@ -28,6 +44,7 @@ from bonect.catalog.records import (
     join_floats,
     split_floats,
 )
+from bonect.errors import BonectError
 
 logger = logging.getLogger(__name__)
 
@@ -41,28 +58,47 @@ class Settled:
     job_id: int | None
 
 
-def _study(session: Session, header: InstanceHeader, now: datetime) -> Study:
-    study = session.scalar(select(Study).where(Study.study_uid == header.study_uid))
-    if study is None:
-        study = Study(
-            study_uid=header.study_uid,
-            patient_key=header.patient_key,
-            patient_id=header.patient_id[:64],
-            issuer_of_patient_id=header.issuer_of_patient_id[:64],
-            study_date=header.study_date[:8],
-            created_at=now,
-        )
-        session.add(study)
-        session.flush()
-    return study
+class StaleSeriesId(BonectError):
+    """A cached series id no longer names the series (its row was deleted or replaced).
+
+    Raised inside the write transaction, which then rolls back; the caller forgets the id
+    and records the instance again.
+    """
+
+    def __init__(self, series_uid: str) -> None:
+        super().__init__(f"cached id of series {series_uid} is stale")
+        self.series_uid = series_uid
 
 
-def _series(session: Session, header: InstanceHeader, study: Study, at: datetime) -> Series:
-    series = session.scalar(select(Series).where(Series.series_uid == header.series_uid))
-    if series is None:
-        series = Series(
+def _study_id(conn: Connection, header: InstanceHeader, now: datetime) -> int:
+    study_id = conn.scalar(select(Study.id).where(Study.study_uid == header.study_uid))
+    if study_id is None:
+        study_id = conn.scalars(
+            insert(Study)
+            .returning(Study.id)
+            .values(
+                study_uid=header.study_uid,
+                patient_key=header.patient_key,
+                patient_id=header.patient_id[:64],
+                issuer_of_patient_id=header.issuer_of_patient_id[:64],
+                study_date=header.study_date[:8],
+                created_at=now,
+            )
+        ).one()
+    return int(study_id)
+
+
+def series_id(conn: Connection, header: InstanceHeader, at: datetime) -> int:
+    """The id of the instance's series, creating the series (and its study) if it is new."""
+    found = conn.scalar(select(Series.id).where(Series.series_uid == header.series_uid))
+    if found is not None:
+        return int(found)
+    created = conn.scalars(
+        insert(Series)
+        .returning(Series.id)
+        .values(
             series_uid=header.series_uid,
-            study_id=study.id,
+            study_id=_study_id(conn, header, at),
             modality=header.modality[:16],
             series_description=header.series_description[:64],
             protocol_name=header.protocol_name[:64],
@@ -78,79 +114,148 @@ def _series(session: Session, header: InstanceHeader, study: Study, at: datetime
             revision=0,
             settle_state=SettleState.OPEN,
         )
-        session.add(series)
-        session.flush()
-    elif series.expected_count is None and header.expected_count is not None:
-        series.expected_count = header.expected_count
-    return series
+    ).one()
+    return int(created)
 
 
-def _touch(
-    series: Series, at: datetime, association_id: str | None, calling_ae: str | None
-) -> None:
-    """Note activity on a series: it is open and its quiet timer starts again."""
-    series.last_received_at = max(series.last_received_at, at)
-    series.last_association_id = association_id
-    series.calling_ae = calling_ae
-    series.association_released_at = None
-    series.revision = Series.revision + 1
+_instances = cast(Table, Instance.__table__)
+_series = cast(Table, Series.__table__)
+_AT = bindparam("b_at", type_=UTCDateTime())
+_THIS_SERIES = and_(
+    _series.c.id == bindparam("b_series_id", type_=Integer),
+    _series.c.series_uid == bindparam("b_series_uid", type_=String),
+)
+_EXPECTED = func.coalesce(_series.c.expected_count, bindparam("b_expected", type_=Integer))
+_TOUCH: dict[str, Any] = {  # activity on a series: it is open and its quiet timer restarts
+    "last_received_at": case(
+        (_series.c.last_received_at > _AT, _series.c.last_received_at), else_=_AT
+    ),
+    "last_association_id": bindparam("b_association_id", type_=String),
+    "calling_ae": bindparam("b_calling_ae", type_=String),
+    "association_released_at": None,
+    "revision": _series.c.revision + 1,
+}
+# Built once (their SQL is compiled once per dialect and cached); run with parameters.
+_INSERT_NEW = {  # ON CONFLICT DO NOTHING: a concurrent insert of the same instance waits, then
+    "sqlite": sqlite_insert(_instances)  # does nothing; no row returned: it was there already
+    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    .returning(_instances.c.id),
+    "postgresql": postgresql_insert(_instances)
+    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    .returning(_instances.c.id),
+}
+_INSERT_PLAIN = insert(_instances).returning(_instances.c.id)
+_SERIES_OF_INSTANCE = select(_instances.c.series_id).where(
+    _instances.c.sop_instance_uid == bindparam("b_sop", type_=String)
+)
+_REPLACE_INSTANCE = update(_instances).where(
+    _instances.c.sop_instance_uid == bindparam("b_sop", type_=String)
+)
+_UNCOUNT = (
+    update(_series)
+    .where(_series.c.id == bindparam("b_old_series_id", type_=Integer))
+    .values(instance_count=_series.c.instance_count - 1)
+)
+_REOPEN = (
+    update(_series)
+    .where(_THIS_SERIES, _series.c.settle_state == SettleState.SETTLED)
+    .values(settle_state=SettleState.OPEN, settled_at=None)
+)
+_COUNT_NEW = (
+    update(_series)
+    .where(_THIS_SERIES)
+    .values(instance_count=_series.c.instance_count + 1, expected_count=_EXPECTED, **_TOUCH)
+)
+_EXPECT = update(_series).where(_THIS_SERIES).values(expected_count=_EXPECTED)
+_TOUCH_OPEN = (
+    update(_series).where(_THIS_SERIES, _series.c.settle_state == SettleState.OPEN).values(_TOUCH)
+)
+
+
+def _insert_new_instance(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert an instance row unless its SOP Instance UID is known; True when inserted."""
+    statement = _INSERT_NEW.get(conn.dialect.name)
+    if statement is None:  # a plain insert: a concurrent duplicate raises IntegrityError
+        known = conn.scalar(_SERIES_OF_INSTANCE, {"b_sop": values["sop_instance_uid"]})
+        if known is not None:
+            return False
+        statement = _INSERT_PLAIN
+    return conn.execute(statement, values).first() is not None
 
 
 def record_instance(
-    session: Session,
+    conn: Connection,
     header: InstanceHeader,
     path: Path,
     *,
     received_at: datetime,
     association_id: str | None,
     calling_ae: str | None = None,
-) -> InstanceRecord:
+    known_series_id: int | None = None,
+) -> tuple[InstanceRecord, int]:
     """Add one instance, or replace the path of an instance received before (same SOP UID).
 
     ``calling_ae`` is the Calling AE Title of the association that delivered it (None from the
     drop folder); the series keeps that of its latest instance, to send its sCT back to it.
+    ``known_series_id`` is the series' id as cached by the caller; it is checked (the row must
+    still hold ``header.series_uid``), and :class:`StaleSeriesId` raised if it does not.
+
+    Core statements built once, no ORM: for a new instance of a known series, an ``INSERT …
+    ON CONFLICT DO NOTHING``, an ``UPDATE`` that re-opens the series if it was settled, and
+    one ``UPDATE`` of its counters and settle fields.
+
+    Returns
+    -------
+    tuple[InstanceRecord, int]
+        The record, and the series id (to cache once the transaction has committed).
     """
     association_id = association_id[:128] if association_id else None
     calling_ae = (calling_ae.strip()[:16] or None) if calling_ae else None
-    study = _study(session, header, received_at)
-    series = _series(session, header, study, received_at)
-    instance = session.scalar(
-        select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
-    )
-    created = instance is None
+    sid = known_series_id
+    if sid is None:
+        sid = series_id(conn, header, received_at)
+    values: dict[str, Any] = {
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "series_id": sid,
+        "path": str(path),
+        "instance_number": header.instance_number,
+        "image_position": join_floats(header.image_position),
+        "image_orientation": join_floats(header.image_orientation),
+        "number_of_frames": header.number_of_frames,
+        "association_id": association_id,
+        "received_at": received_at,
+    }
+    series = {"b_series_id": sid, "b_series_uid": header.series_uid}
+    touch = {
+        **series,
+        "b_at": received_at,
+        "b_association_id": association_id,
+        "b_calling_ae": calling_ae,
+        "b_expected": header.expected_count,
+    }
+    created = _insert_new_instance(conn, values)
+    if not created:  # sent again: replace its row, and move it if it claims another series
+        sop = {"b_sop": header.sop_instance_uid}
+        old_series = conn.scalar(_SERIES_OF_INSTANCE, sop)
+        conn.execute(_REPLACE_INSTANCE, {**values, **sop})
+        if old_series is not None and old_series != sid:
+            conn.execute(_UNCOUNT, {"b_old_series_id": old_series})
+            created = True
     reopened = False
-    if instance is None:
-        instance = Instance(sop_instance_uid=header.sop_instance_uid, series_id=series.id)
-        session.add(instance)
-        series.instance_count = Series.instance_count + 1
-    elif instance.series_id != series.id:  # the same SOP instance now claims another series
-        session.execute(
-            update(Series)
-            .where(Series.id == instance.series_id)
-            .values(instance_count=Series.instance_count - 1)
+    if created:
+        reopened = conn.execute(_REOPEN, series).rowcount == 1
+        if conn.execute(_COUNT_NEW, touch).rowcount != 1:
+            raise StaleSeriesId(header.series_uid)
+    else:  # the series is touched only while it is open
+        if conn.execute(_EXPECT, touch).rowcount != 1:
+            raise StaleSeriesId(header.series_uid)
+        conn.execute(_TOUCH_OPEN, touch)
+    if reopened:
+        logger.info(
+            "series %s re-opened by instance %s", header.series_uid, header.sop_instance_uid
         )
-        instance.series_id = series.id
-        series.instance_count = Series.instance_count + 1
-        created = True
-    if created or series.settle_state == SettleState.OPEN:
-        if series.settle_state == SettleState.SETTLED:
-            series.settle_state = SettleState.OPEN
-            series.settled_at = None
-            reopened = True
-            logger.info(
-                "series %s re-opened by instance %s", series.series_uid, header.sop_instance_uid
-            )
-        _touch(series, received_at, association_id, calling_ae)
-    instance.sop_class_uid = header.sop_class_uid
-    instance.path = str(path)
-    instance.instance_number = header.instance_number
-    instance.image_position = join_floats(header.image_position)
-    instance.image_orientation = join_floats(header.image_orientation)
-    instance.number_of_frames = header.number_of_frames
-    instance.association_id = association_id
-    instance.received_at = received_at
-    session.flush()
-    return InstanceRecord(
+    record = InstanceRecord(
         sop_instance_uid=header.sop_instance_uid,
         sop_class_uid=header.sop_class_uid,
         series_uid=header.series_uid,
@@ -160,6 +265,7 @@ def record_instance(
         created=created,
         reopened=reopened,
     )
+    return record, sid
 
 
 def association_released(session: Session, association_id: str, at: datetime) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -94,6 +95,35 @@ def claimable_jobs(now: datetime) -> Select[int]:
     )
 
 
+class SeriesIds:
+    """Series UID → series id, of series this catalog recorded instances for (thread-safe).
+
+    A series row never changes its id, so this only saves the lookup; an id is still checked
+    by every use (:class:`bonect.catalog.ingest.StaleSeriesId`) in case the row was deleted,
+    and forgotten then. At most ``size`` entries, the oldest dropped first.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, series_uid: str) -> int | None:
+        with self._lock:
+            return self._ids.get(series_uid)
+
+    def put(self, series_uid: str, series_id: int) -> None:
+        with self._lock:
+            self._ids.pop(series_uid, None)
+            self._ids[series_uid] = series_id
+            while len(self._ids) > self._size:
+                del self._ids[next(iter(self._ids))]
+
+    def forget(self, series_uid: str) -> None:
+        with self._lock:
+            self._ids.pop(series_uid, None)
+
+
 class Catalog(SendLedger):
     """Studies, series, instances, jobs and sends over one SQLAlchemy engine.
 
@@ -103,7 +133,9 @@ class Catalog(SendLedger):
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._read = sessionmaker(engine, expire_on_commit=False)
-        self._write = sessionmaker(write_engine(engine), expire_on_commit=False)
+        self._write_engine = write_engine(engine)
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._series_ids = SeriesIds()
 
     @classmethod
     def open(cls, url: str) -> Catalog:
@@ -148,21 +180,29 @@ class Catalog(SendLedger):
         """
         conflicts = 0
         while True:
+            known = self._series_ids.get(header.series_uid)
             try:
-                with self._write.begin() as session:
-                    return ingest.record_instance(
-                        session,
+                with self._write_engine.begin() as connection:  # Core only: no Session
+                    record, series_id = ingest.record_instance(
+                        connection,
                         header,
                         path,
                         received_at=received_at,
                         association_id=association_id,
                         calling_ae=calling_ae,
+                        known_series_id=known,
                     )
-            except IntegrityError:  # a concurrent writer inserted the same study/series/instance
+            except (IntegrityError, ingest.StaleSeriesId) as exc:
+                # a concurrent writer inserted the same study/series/instance, or the cached
+                # series id is gone (the foreign key refused it, or the row is another series)
+                self._series_ids.forget(header.series_uid)
                 conflicts += 1
                 if conflicts >= _CONFLICT_RETRIES:
                     raise
-                logger.debug("conflict recording %s, again", header.sop_instance_uid)
+                logger.debug("conflict recording %s (%r), again", header.sop_instance_uid, exc)
+                continue
+            self._series_ids.put(header.series_uid, series_id)  # committed: safe to cache
+            return record
 
     def association_released(self, association_id: str, at: datetime) -> int:
         """Note that an association ended; returns how many open series it fed last."""

@@ -10,7 +10,8 @@ the generation: the same conversion again gives the very same objects (a retried
 them, never a new series); a later generation (the MR series grew) is another series.
 
 The image-plane helpers (:func:`image_plane_module`, :func:`slice_is_axial`) and
-:func:`save_dataset` are shared with the phantom's "acquired" series writer.
+:func:`save_dataset` (from :mod:`bonect.converter.dicom_files`, re-exported here) are shared
+with the phantom's "acquired" series writer.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +37,8 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 import bonect
+from bonect.converter.dicom_files import save_dataset as save_dataset
+from bonect.converter.dicom_files import write_datasets as write_datasets
 from bonect.converter.series import MRSeries, SourceImage
 from bonect.errors import ConversionError, SeriesError
 
@@ -203,21 +204,6 @@ def file_meta_for(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"BONECT_{bonect.__version__}"[:16]
     return meta
-
-
-def save_dataset(ds: Dataset, path: Path) -> Path:
-    """Write ``ds`` as a DICOM file (explicit VR little endian), atomically: temp, fsync, rename.
-
-    ``ds`` needs its ``file_meta`` (see :func:`file_meta_for`).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        ds.save_as(fh, enforce_file_format=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    return path
 
 
 def copy_patient_and_study(source: Dataset, target: Dataset) -> None:
@@ -544,14 +530,6 @@ def synthetic_ct_datasets(
     return datasets
 
 
-def write_datasets(datasets: Sequence[Dataset], out_dir: Path, *, prefix: str) -> list[Path]:
-    """Write datasets as ``<prefix>_<InstanceNumber:04d>.dcm`` in ``out_dir``; return the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        save_dataset(ds, out_dir / f"{prefix}_{int(ds.InstanceNumber):04d}.dcm") for ds in datasets
-    ]
-
-
 def write_synthetic_ct(
     hu: npt.NDArray[np.generic],
     source: MRSeries,
@@ -569,8 +547,9 @@ def write_synthetic_ct(
     """Write the synthetic CT of ``source`` as ``out_dir/CT_<InstanceNumber:04d>.dcm``.
 
     The arguments are those of :func:`synthetic_ct_datasets`; the files are explicit VR little
-    endian with file meta information, each written atomically. Other files in ``out_dir`` are
-    left alone.
+    endian with file meta information, written durably as a whole (see
+    :func:`bonect.converter.dicom_files.save_datasets`). Other files in ``out_dir`` are left
+    alone.
 
     Returns
     -------

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from bonect.catalog.engine import catalog_url
 from bonect.catalog.header import header_from_dataset
@@ -57,8 +58,11 @@ class CatalogSink:
         association_id: str,
         calling_ae: str,
         peer_address: str,
+        dataset: Dataset | None = None,
     ) -> None:
-        header = header_from_dataset(dcmread(path, stop_before_pixels=True))
+        if dataset is None:  # the drop folder: read the header of the file just archived
+            dataset = dcmread(path, stop_before_pixels=True)
+        header = header_from_dataset(dataset)
         self._catalog.record_instance(
             header,
             path,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from pydicom import uid as dicom_uid
+from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -82,8 +83,13 @@ class InstanceSink(Protocol):
         association_id: str,
         calling_ae: str,
         peer_address: str,
+        dataset: Dataset | None = None,
     ) -> None:
-        """Record one archived instance; raise if it could not be recorded durably."""
+        """Record one archived instance; raise if it could not be recorded durably.
+
+        ``dataset`` is the instance as already decoded (the SCP's), so that its header need
+        not be read back from ``path``; ``None`` when the caller has none at hand.
+        """
 
     def association_ended(self, association_id: str, at: datetime) -> None:
         """An association that sent at least one archived instance was released or aborted."""
@@ -264,8 +270,9 @@ class _Handlers:
             return OUT_OF_RESOURCES
         request = cast(C_STORE, event.request)
         try:
+            dataset = event.dataset  # decoded once (pixels stay raw), reused by the sink
             ref = InstanceRef.from_dataset(
-                event.dataset, transfer_syntax_uid=event.context.transfer_syntax
+                dataset, transfer_syntax_uid=event.context.transfer_syntax
             )
         except Exception as exc:
             logger.warning("C-STORE from %r not understood: %s", requestor.ae_title, exc)
@@ -294,6 +301,7 @@ class _Handlers:
                 association_id=association_id,
                 calling_ae=requestor.ae_title,
                 peer_address=requestor.address,
+                dataset=dataset,
             )
         except Exception:  # the catalog is unavailable: the peer will send again
             logger.exception("could not record %s", ref.sop_instance_uid)

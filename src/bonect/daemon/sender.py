@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, build_context, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -258,8 +258,8 @@ def _store_one(
     if not accepted:
         return SendOutcome.FAILED, None, _NO_CONTEXT
     try:
-        dataset = dcmread(f.path)  # elements stay raw: written back as read, pixels untouched
-        status = assoc.send_c_store(dataset, msg_id=msg_id)
+        # the file's encoded bytes go out as stored, read in chunks (see send_files)
+        status = assoc.send_c_store(f.path, msg_id=msg_id)
     except Exception as exc:  # one unreadable file must not stop the others
         if assoc.is_established:
             return SendOutcome.FAILED, None, f"could not send: {exc!r}"
@@ -314,6 +314,11 @@ def send_files(
         A file is not readable DICOM (checked for all files before anything is sent).
     """
     files = [_read_header(Path(p)) for p in paths]
+    # Send each file's bytes as stored, never decoded and re-encoded: with this pynetdicom
+    # option a path given to send_c_store is streamed (and only to a context whose transfer
+    # syntax is the file's, which is the only one _associate proposes for it). A
+    # process-wide pynetdicom setting; it changes nothing for datasets sent as Datasets.
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     ae = _make_ae(calling_ae, timeouts or SendTimeouts())
     results: list[InstanceResult] = []
 
