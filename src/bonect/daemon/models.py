@@ -25,9 +25,7 @@ import torch
 from scipy import ndimage
 from watchdog.events import (
     FileClosedEvent,
-    FileCreatedEvent,
     FileDeletedEvent,
-    FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -259,14 +257,10 @@ class ModelHolder:
             _PointerHandler(self._changed),
             str(self._registry),
             recursive=False,
-            # not opened / closed-without-writing: refresh() itself reads the pointer
-            event_filter=[
-                FileCreatedEvent,
-                FileModifiedEvent,
-                FileClosedEvent,
-                FileMovedEvent,
-                FileDeletedEvent,
-            ],
+            # one event per change, when it is complete: a write raises "created" and "modified"
+            # before its "closed" (close after writing), and a flag set by those early events
+            # would be set again after refresh() by the late one
+            event_filter=[FileClosedEvent, FileMovedEvent, FileDeletedEvent],
         )
         observer.daemon = True
         observer.start()
