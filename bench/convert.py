@@ -15,10 +15,9 @@ slices/s over the bare model's slices/s (target ≥ 0.8). Rounds interleave all 
 from other processes hits each of them alike; the table gives medians.
 
 ``--quick`` uses tiny volumes and a copy of the model whose manifest says 32² input (the U-Net
-is fully convolutional), for smoke tests only. ``--what-if mask`` patches the head-mask
-candidate of ``bench/whatif.py`` into the children (rows marked what-if).
+is fully convolutional), for smoke tests only.
 
-    python bench/convert.py [--quick] [--runs 3] [--sizes 256,512] [--what-if mask] [--threads N]
+    python bench/convert.py [--quick] [--runs 3] [--sizes 256,512] [--threads N]
 """
 
 from __future__ import annotations
@@ -91,10 +90,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.what_if:
-        import whatif
-
-        whatif.apply(args.what_if)
     from bonect.converter.model_folder import load_model
     from bonect.converter.pipeline import Classical
 
@@ -187,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="", help="comma-separated matrices (default: all)")
     parser.add_argument("--cases", default="classical,unet-1,unet-3")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per child")
-    parser.add_argument("--what-if", default="", help="patch a bench/whatif.py candidate in")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     # the child's arguments
     parser.add_argument("--child", dest="case", default="")
@@ -209,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="convert-", dir=CACHE))
     model = quick_model(work) if args.quick else bundled_model()
     common = ["--model", str(model), "--threads", str(args.threads)]
-    common += ["--what-if", args.what_if] if args.what_if else []
     folders = {size: series_folder(spec) for size, spec in specs.items()}
     results: dict[tuple[str, int | None], Case] = {}
     plan: list[tuple[str, int | None]] = [(c, s) for s in specs for c in cases]
@@ -239,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     publish(
-        "convert" + ("-quick" if args.quick else "") + (f"-{args.what_if}" if args.what_if else ""),
+        "convert" + ("-quick" if args.quick else ""),
         report(results, specs, args),
     )
     return 0
@@ -276,7 +269,7 @@ def report(
         rows.append(
             [
                 label,
-                case + ("" if not args.what_if else " what-if " + args.what_if),
+                case,
                 f"{c.seconds.median:.2f}{timeouts}",
                 slices_s,
                 ratio,

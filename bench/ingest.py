@@ -4,6 +4,8 @@ Receivers, each started fresh with empty storage for every run and stopped after
 
 * ``bonect-daemon start`` from a generated config (archive fsync'd + catalog row per instance;
   ``[rules] convert = []`` so that no conversion starts while the next run is measured);
+* the same daemon with ``[storage] fsync = false`` (no fsync of file and folder per instance):
+  what durability costs, and what a site that turns it off gets;
 * DCMTK ``storescp -od`` (TCP_NODELAY=1);
 * pynetdicom's ``storescp`` app (``python -m pynetdicom storescp -od``), as shipped;
 * Orthanc (TCP_NODELAY=1), as tests/dicom_peers.py starts it.
@@ -12,7 +14,8 @@ Time = ``storescu`` wall time (association, every C-STORE answered, release), ch
 counting what the receiver holds afterwards. Receivers take turns within each run, in an
 order that rotates from run to run. Target: bonect ≥ 1.0x pynetdicom's ``storescp``.
 
-    python bench/ingest.py [--quick] [--runs 3] [--receivers bonect,dcmtk,pynetdicom,orthanc]
+    python bench/ingest.py [--quick] [--runs 3]
+        [--receivers bonect,bonect-no-fsync,dcmtk,pynetdicom,orthanc]
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ QUICK_SERIES = [
     SeriesSpec("q-ingest-mr-30x64", "MR", 30, 64),
     SeriesSpec("q-ingest-ct-40x128", "CT", 40, 128),
 ]
-RECEIVERS = ("bonect", "dcmtk", "pynetdicom", "orthanc")
+RECEIVERS = ("bonect", "bonect-no-fsync", "dcmtk", "pynetdicom", "orthanc")
 NAMES = {
     "bonect": "bonect-daemon",
+    "bonect-no-fsync": "bonect-daemon, storage.fsync = false",
     "dcmtk": "DCMTK storescp",
     "pynetdicom": "pynetdicom storescp app",
     "orthanc": "Orthanc",
@@ -75,10 +79,11 @@ def receive_once(receiver: str, files: list[Path], work: Path) -> float:
             return elapsed()
     port = free_port()
     out = work / "received"
-    if receiver == "bonect":
-        config = daemon_config(
-            work, port=port, pacs_port=free_port(), sections={"rules": {"convert": []}}
-        )
+    if receiver in ("bonect", "bonect-no-fsync"):
+        sections: dict[str, dict[str, object]] = {"rules": {"convert": []}}
+        if receiver == "bonect-no-fsync":
+            sections["storage"] = {"fsync": False}
+        config = daemon_config(work, port=port, pacs_port=free_port(), sections=sections)
         process = start_daemon(config, port)
     elif receiver == "dcmtk":
         out.mkdir()
@@ -109,7 +114,7 @@ def receive_once(receiver: str, files: list[Path], work: Path) -> float:
     try:
         with stopwatch() as elapsed:
             done = storescu(port, files, called_ae="BONECT")
-        if receiver == "bonect":
+        if receiver.startswith("bonect"):
             db = sqlite3.connect(f"file:{work / 'var' / 'catalog.sqlite3'}?mode=ro", uri=True)
             stored = int(db.execute("SELECT count(*) FROM instances").fetchone()[0])
             db.close()

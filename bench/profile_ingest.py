@@ -4,9 +4,9 @@ Opens :class:`bonect.daemon.node.Node` from a generated config (as ``bonect-daem
 does, without conversion), runs its loop in a thread, has DCMTK ``storescu`` send a series,
 and reports per instance the wall time of the C-STORE handler's steps (wrapped module
 attributes; the wrappers cost microseconds) against the seconds per instance seen by
-``storescu``. ``--what-if`` patches candidates from bench/whatif.py in first.
+``storescu``. ``--no-fsync`` runs it with ``[storage] fsync = false``.
 
-    python bench/profile_ingest.py [--quick] [--series mr|ct] [--what-if NAME,...]
+    python bench/profile_ingest.py [--quick] [--series mr|ct] [--no-fsync]
 """
 
 from __future__ import annotations
@@ -39,12 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--series", choices=("mr", "ct"), default="mr")
-    parser.add_argument("--what-if", default="")
+    parser.add_argument("--no-fsync", action="store_true", help="[storage] fsync = false")
     args = parser.parse_args(argv)
-    import whatif
-
-    for name in filter(None, args.what_if.split(",")):
-        whatif.apply(name)
     import bonect.catalog.queue as queue
     import bonect.daemon.archive as archive
     import bonect.daemon.node as node
@@ -66,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     files = series_files(spec)
     with scratch("profile-ingest-") as tmp:
         port = free_port()
-        path = daemon_config(
-            Path(tmp), port=port, pacs_port=free_port(), sections={"rules": {"convert": []}}
-        )
+        sections: dict[str, dict[str, object]] = {"rules": {"convert": []}}
+        if args.no_fsync:
+            sections["storage"] = {"fsync": False}
+        path = daemon_config(Path(tmp), port=port, pacs_port=free_port(), sections=sections)
         the_node = node.Node.open(load_config(path))
         stop = threading.Event()
         loop = threading.Thread(target=the_node.run, args=(stop,), daemon=True)
@@ -90,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, f"{mean * 1000:.1f}", f"{100 * mean / per:.0f}%"])
     print(
         f"{spec.label}: {n / elapsed():.1f} instances/s"
-        + (f" (what-if {args.what_if})" if args.what_if else "")
+        + (" (storage.fsync = false)" if args.no_fsync else "")
     )
     print(table(["step", "ms per instance", "share"], rows))
     return 0

@@ -39,6 +39,7 @@ class StorageConfig(BaseModel, frozen=True, extra="forbid"):
     dir: Path = Path("var")
     reserve_mb: int = Field(default=1024, ge=0)  # refuse new data below this much free disk
     retention_days: float = Field(default=30.0, ge=0)  # 0 keeps processed data forever
+    fsync: bool = True  # a received instance is on disk before success is answered
 
 
 class SecurityConfig(BaseModel, frozen=True, extra="forbid"):

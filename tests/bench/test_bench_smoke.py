@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +21,6 @@ BENCH = REPO / "bench"
 sys.path.append(str(BENCH))  # appended: bench/ must not shadow the tests' modules
 
 import common  # noqa: E402
-import whatif  # noqa: E402
 
 PEERS = all(shutil.which(p) for p in ("storescu", "storescp", "Orthanc"))
 
@@ -47,23 +45,6 @@ def test_dcmtk_tools_are_dcmtk_not_pynetdicom_scripts() -> None:
     path = Path(common.dcmtk("storescu"))
     head = path.read_bytes()[:64]
     assert not head.startswith(b"#!"), f"{path} is a script, not DCMTK's storescu"
-
-
-def test_block_mean_covers_partial_blocks() -> None:
-    volume = np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3)
-    small = whatif.block_mean(volume, (2, 2, 2))
-    assert small.shape == (3, 2, 2)
-    assert small[0, 0, 0] == pytest.approx(volume[:2, :2, :2].mean())
-    assert small[2, 1, 1] == pytest.approx(volume[4:, 2:, 2:].mean())
-
-
-def test_coarse_closing_keeps_the_mask_and_fills_a_hole() -> None:
-    mask = np.zeros((24, 40, 40), dtype=bool)
-    mask[4:20, 8:32, 8:32] = True
-    mask[10:14, 18:22, 18:22] = False  # a 4-voxel hole, well inside a 6 mm ball at 0.5 mm
-    closed = whatif.close_coarse(mask, (1.0, 0.5, 0.5), 6.0)
-    assert closed[mask].all()
-    assert closed[10:14, 18:22, 18:22].all()
 
 
 BENCHMARKS = ["ingest", "send", "convert", "end_to_end", "train"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,27 @@ def test_open_creates_folders_and_write_stores_the_exact_bytes(tmp_path: Path) -
     assert path == tmp_path / "var" / "incoming" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
     assert path.read_bytes() == encoded
     assert list(path.parent.iterdir()) == [path]  # no temporary file left
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_fsync_flushes_file_and_folder_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    archive = Archive.open(tmp_path, fsync=fsync)
+    archive.write(_ref(sop_instance_uid="1.2.3.4.1"), b"first")  # creates the folders
+    flushed: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        flushed.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    path = archive.write(_ref(sop_instance_uid="1.2.3.4.2"), b"second")
+
+    assert path.read_bytes() == b"second"
+    assert len(flushed) == (2 if fsync else 0)  # the file, then its folder after the rename
+    assert sorted(p.name for p in path.parent.iterdir()) == ["1.2.3.4.1.dcm", "1.2.3.4.2.dcm"]
 
 
 def test_writing_again_replaces_the_instance(tmp_path: Path) -> None:

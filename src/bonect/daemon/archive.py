@@ -3,7 +3,8 @@
 An instance is identified by an :class:`InstanceRef` read from its header. Every UID in it is
 validated before it becomes part of a path, so a hostile header (``"../../etc"``) can never
 write outside the storage dir. :meth:`Archive.write` stores the encoded bytes exactly as they
-were received, through a temporary file that is fsync'd and renamed into place:
+were received, through a temporary file that is fsync'd and renamed into place (the fsyncs can
+be turned off, ``[storage] fsync = false``, trading durability on power loss for speed):
 
     <root>/incoming/<study uid>/<series uid>/<sop instance uid>.dcm
 
@@ -127,14 +128,19 @@ class InstanceRef:
 class Archive:
     """Received instances as files under ``<root>/incoming``; build it with :meth:`open`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self._root = root
         self._incoming = root / INCOMING
+        self._fsync = fsync
 
     @classmethod
-    def open(cls, root: Path) -> Archive:
-        """Open (creating its folders if needed) the archive under ``root``."""
-        archive = cls(root.resolve())
+    def open(cls, root: Path, *, fsync: bool = True) -> Archive:
+        """Open (creating its folders if needed) the archive under ``root``.
+
+        With ``fsync`` false, :meth:`write` leaves flushing to the operating system: a crash of
+        the process loses nothing, a power cut may lose the latest instances.
+        """
+        archive = cls(root.resolve(), fsync=fsync)
         archive._incoming.mkdir(parents=True, exist_ok=True)
         return archive
 
@@ -165,7 +171,8 @@ class Archive:
 
         The bytes go to a temporary file in the target folder, are fsync'd, renamed over the
         final name and the folder is fsync'd, so a crash leaves either the old file, the new
-        one, or a stray ``.*.part`` file, never a truncated instance.
+        one, or a stray ``.*.part`` file, never a truncated instance. (Without ``fsync``, the
+        same steps without the two fsyncs.)
 
         Raises
         ------
@@ -177,19 +184,22 @@ class Archive:
         path = self.path_for(ref)
         for folder in self._missing_folders(path.parent):
             folder.mkdir(exist_ok=True)
-            _fsync_dir(folder.parent)
+            if self._fsync:
+                _fsync_dir(folder.parent)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(encoded)
                 f.flush()
-                os.fsync(f.fileno())
+                if self._fsync:
+                    os.fsync(f.fileno())
             os.replace(tmp_name, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
             raise
-        _fsync_dir(path.parent)
+        if self._fsync:
+            _fsync_dir(path.parent)
         logger.debug("archived %s (%d bytes) at %s", ref.sop_instance_uid, len(encoded), path)
         return path
 

@@ -115,7 +115,7 @@ class Node:
         requeued = catalog.requeue_orphans(clock(), claimed_by_prefix=worker_prefix)
         if requeued:
             logger.warning("jobs left running by a stopped process queued again: %s", requeued)
-        archive = Archive.open(storage / "archive")
+        archive = Archive.open(storage / "archive", fsync=config.storage.fsync)
         outgoing = storage / "outgoing"
         outgoing.mkdir(parents=True, exist_ok=True)
         device = pick_device(config.converter.device)
