@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy import ndimage
 
 from bonect.converter.preprocess import (
+    FACES_3D,
+    FACES_IN_SLICE,
+    fill_holes,
     from_cube,
     head_mask,
     model_cube,
@@ -183,3 +187,20 @@ def test_on_fine_grids_the_closing_runs_on_2_mm_blocks_and_keeps_the_fine_outlin
     inside = exact & ~mask  # what the exact closing fills
     assert blocked[inside].mean() > 0.97
     assert (blocked & ~exact).sum() <= 0.001 * exact.sum()  # hardly anything beyond it
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fill_holes_is_scipys_in_3d_and_slice_by_slice(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    blobs = ndimage.gaussian_filter(rng.normal(size=(12, 30, 34)), 1.5)
+    mask = blobs > np.quantile(blobs, 0.45)  # walls with enclosed and open background
+    mask[:, 5:25, 5] = mask[:, 5:25, 28] = mask[:, 5, 5:29] = mask[:, 25, 5:29] = True
+    mask[4:8, 14:17, 14:17] = False  # a hole inside the ring, in 3D
+
+    filled_3d = fill_holes(mask, FACES_3D)
+    filled_in_slice = fill_holes(mask, FACES_IN_SLICE)
+
+    assert np.array_equal(filled_3d, ndimage.binary_fill_holes(mask))
+    expected = np.stack([ndimage.binary_fill_holes(m) for m in mask])
+    assert np.array_equal(filled_in_slice, expected)
+    assert filled_in_slice.sum() > filled_3d.sum() >= mask.sum()  # the slices fill more

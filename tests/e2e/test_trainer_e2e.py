@@ -1,8 +1,8 @@
 """The trainer end to end: a running daemon receives local MR + CT, `augment` learns from them.
 
 External site: phantom patients of one contrast (ZTE), imported with ``bonect-trainer import``.
-Local site: phantom patients of another contrast (UTE), sent as DICOM MR and CT by DCMTK
-``storescu`` to ``bonect-daemon start``, harvested by ``augment`` from the daemon's catalog.
+Local site: phantom patients of another technique (black-bone GRE), sent as DICOM MR and CT by
+DCMTK ``storescu`` to ``bonect-daemon start``, harvested by ``augment`` from the daemon's catalog.
 Then the promoted model is the one the running daemon uses for the next series.
 Small sizes (32² model input, a few batches per epoch): this checks the plumbing and the
 decisions, not the accuracy; the full-size run is reported in the README.
@@ -57,7 +57,7 @@ def local_patients(tmp_path_factory: pytest.TempPathFactory) -> list[WrittenPati
     out = tmp_path_factory.mktemp("local")
     return [
         write_patient(
-            generate_case(LOCAL_SEED, i, contrast="ute", acquisition=COARSE, ct_acquisition=COARSE),
+            generate_case(LOCAL_SEED, i, contrast="gre", acquisition=COARSE, ct_acquisition=COARSE),
             LOCAL_SEED,
             out,
         )

@@ -21,7 +21,14 @@ import numpy.typing as npt
 from matplotlib.colors import ListedColormap
 from scipy import ndimage, stats
 
-from bonect.converter.preprocess import head_mask, otsu_threshold
+from bonect.converter.preprocess import (
+    FACES_3D,
+    FACES_IN_SLICE,
+    fill_holes,
+    head_mask,
+    largest_component,
+    otsu_threshold,
+)
 from bonect.converter.volume import Volume
 
 F32 = npt.NDArray[np.float32]
@@ -39,15 +46,8 @@ SOFT_HU = (-200.0, 200.0)  # CT soft tissue (no bone, no air): inside this range
 
 def ct_body_mask(ct: F32) -> Mask:
     """CT body: above -500 HU, largest component, holes (sinuses, airway) filled per slice too."""
-    mask = ct > BODY_HU
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return np.asarray(mask, dtype=bool)
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    mask = ndimage.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
-    for k in range(mask.shape[0]):
-        mask[k] = ndimage.binary_fill_holes(mask[k])
-    return np.asarray(mask, dtype=bool)
+    mask = fill_holes(largest_component(ct > BODY_HU), FACES_3D)
+    return fill_holes(mask, FACES_IN_SLICE)
 
 
 def dice(a: Mask, b: Mask) -> float:
