@@ -16,6 +16,7 @@ from bonect.converter.preprocess import (
     model_cube,
     normalise,
     prepare,
+    set_resample_threads,
     slices,
     to_cube,
     unslice,
@@ -204,3 +205,22 @@ def test_fill_holes_is_scipys_in_3d_and_slice_by_slice(seed: int) -> None:
     expected = np.stack([ndimage.binary_fill_holes(m) for m in mask])
     assert np.array_equal(filled_in_slice, expected)
     assert filled_in_slice.sum() > filled_3d.sum() >= mask.sum()  # the slices fill more
+
+
+def test_resampling_on_several_threads_is_exactly_the_single_threaded_result() -> None:
+    centre = (5.0, -10.0, 20.0)
+    mr = grid("sagittal", (30, 64, 64), (5.0, 2.0, 2.0), centre)
+    mr = mr.with_array(blob(points(mr), centre, 25.0))
+    cube = model_cube(mr, mr.array > 0.2, 48)
+    results = []
+    try:
+        for threads in (1, 3):  # 3 slabs of unequal size for the 30 rows of the MR grid
+            set_resample_threads(threads)
+            on_cube = to_cube(mr, cube)
+            results.append((on_cube, from_cube(on_cube, cube, mr, cval=-1000.0)))
+    finally:
+        set_resample_threads(0)
+    (cube_1, back_1), (cube_3, back_3) = results
+    assert np.array_equal(cube_1, cube_3)
+    assert np.array_equal(back_1, back_3)
+    assert (back_1 == -1000.0).any() and (back_1 > 0.2).any()  # outside and inside the cube

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from bonect.converter.model_folder import LoadedModel
-from bonect.converter.preprocess import slices, unslice
+from bonect.converter.preprocess import set_resample_threads, slices, unslice
 
 logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -29,14 +29,16 @@ def pick_device(spec: str = "auto") -> torch.device:
 
 
 def set_threads(threads: int) -> None:
-    """Use `threads` CPU threads for PyTorch (0: leave PyTorch's default, one per core).
+    """Use `threads` CPU threads for PyTorch and for resampling to and from the model cube
+    (0: PyTorch's default and one resampling thread per core).
 
     On a host whose cores are busy with other work, fewer threads than cores can be faster:
     each parallel operation waits for its slowest thread.
     """
+    set_resample_threads(threads)
     if threads > 0:
         torch.set_num_threads(threads)
-        logger.info("PyTorch uses %d CPU thread(s)", threads)
+        logger.info("PyTorch and resampling use %d CPU thread(s)", threads)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ The inverse samples the cube back onto the MR grid.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,33 +200,60 @@ def model_cube(volume: Volume, mask: Mask, size: int, *, margin_mm: float = 6.0)
 def to_cube(volume: Volume, cube: Cube, *, order: int = 1, cval: float = 0.0) -> F32:
     """Sample `volume` on the cube grid (trilinear by default)."""
     matrix = np.linalg.inv(volume.affine) @ cube.affine  # cube index -> volume index
-    out = ndimage.affine_transform(
-        np.asarray(volume.array, dtype=np.float32),
-        matrix[:3, :3],
-        offset=matrix[:3, 3],
-        output_shape=(cube.size,) * 3,
-        order=order,
-        mode="constant",
-        cval=cval,
-        prefilter=False,
-    )
-    return np.asarray(out, dtype=np.float32)
+    image = np.asarray(volume.array, dtype=np.float32)
+    return _resample(image, matrix, (cube.size,) * 3, order, cval)
 
 
 def from_cube(cube_array: F32, cube: Cube, like: Volume, *, order: int = 1, cval: float) -> F32:
     """The inverse of :func:`to_cube`: sample a cube array back onto the grid of `like`."""
     matrix = np.linalg.inv(cube.affine) @ like.affine  # volume index -> cube index
-    out = ndimage.affine_transform(
-        cube_array.astype(np.float32),
-        matrix[:3, :3],
-        offset=matrix[:3, 3],
-        output_shape=like.shape,
-        order=order,
-        mode="constant",
-        cval=cval,
-        prefilter=False,
-    )
-    return np.asarray(out, dtype=np.float32)
+    return _resample(cube_array.astype(np.float32), matrix, like.shape, order, cval)
+
+
+_resample_threads = 0
+
+
+def set_resample_threads(threads: int) -> None:
+    """Use ``threads`` threads to resample to and from the cube (0: one per available core)."""
+    global _resample_threads
+    _resample_threads = max(0, threads)
+
+
+def _resample(
+    image: F32,
+    matrix: npt.NDArray[np.float64],
+    shape: tuple[int, ...],
+    order: int,
+    cval: float,
+) -> F32:
+    """``affine_transform`` of ``image`` onto ``shape``, in slabs of output rows on several threads.
+
+    scipy's ``affine_transform`` runs on one core but releases the GIL; every output voxel is
+    computed from its own coordinates, so slabs computed apart are exactly the whole.
+    """
+    threads = _resample_threads or len(os.sched_getaffinity(0))
+    bounds = np.linspace(0, shape[0], min(threads, shape[0]) + 1).astype(int)
+    out = np.empty(shape, dtype=np.float32)
+
+    def slab(start: int, stop: int) -> None:
+        ndimage.affine_transform(
+            image,
+            matrix[:3, :3],
+            offset=matrix[:3, 3] + matrix[:3, 0] * start,  # output row `start` is row 0 here
+            output_shape=(stop - start, *shape[1:]),
+            output=out[start:stop],
+            order=order,
+            mode="constant",
+            cval=cval,
+            prefilter=False,
+        )
+
+    if len(bounds) <= 2:
+        slab(0, shape[0])
+    else:
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            list(pool.map(slab, bounds[:-1], bounds[1:]))
+    return out
 
 
 def model_input(normalised_cube: F32) -> F32:
