@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     totals: dict[str, list[float]] = {}
     scp._Handlers.on_store = _timed(totals, "handler (on_store)", scp._Handlers.on_store)
     archive.Archive.write = _timed(totals, "  archive.write", archive.Archive.write)
-    archive._fsync_dir = _timed(totals, "    fsync of the folder", archive._fsync_dir)
+    archive.fsync_dir = _timed(totals, "    fsync of the folder", archive.fsync_dir)
     node.dcmread = _timed(totals, "  sink: dcmread of the file just written", node.dcmread)
     queue.Catalog.record_instance = _timed(
         totals, "  sink: catalog.record_instance", queue.Catalog.record_instance

@@ -32,7 +32,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -76,7 +77,7 @@ def save_datasets(items: Sequence[tuple[Dataset, Path]]) -> list[Path]:
     for tmp, path in zip(tmps, latest, strict=True):
         tmp.replace(path)
     for folder in dict.fromkeys(path.parent for path in latest):
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return [path for _, path in items]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from bonect.converter.dicom_files import fsync_dir
 from bonect.errors import BonectError
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Archive:
         for folder in self._missing_folders(path.parent):
             folder.mkdir(exist_ok=True)
             if self._fsync:
-                _fsync_dir(folder.parent)
+                fsync_dir(folder.parent)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -199,7 +200,7 @@ class Archive:
                 os.unlink(tmp_name)
             raise
         if self._fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         logger.debug("archived %s (%d bytes) at %s", ref.sop_instance_uid, len(encoded), path)
         return path
 
@@ -213,11 +214,3 @@ class Archive:
             missing.append(folder)
             folder = folder.parent
         return missing[::-1]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
