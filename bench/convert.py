@@ -4,7 +4,8 @@ Cases, each in its own child process (so its ``ru_maxrss`` is its own peak):
 
 * ``classical``: the training-free map;
 * ``unet-1`` / ``unet-3``: the bundled Light_U-Net (``bonect.demo.bundled_model()``) in the axial
-  plane / in three planes, through :func:`bonect.converter.files.convert_path` (read the DICOM
+  plane / in three planes, through
+  :func:`bonect.converter.file_conversion.convert_path` (read the DICOM
   folder, preprocess, predict, fuse, map back, write the sCT series);
 * ``bare-1`` / ``bare-3``: the same network's forward alone on as many slices as ``unet-1`` /
   ``unet-3`` forward (planes x input size, at the input size, same batch size), warm.
@@ -72,7 +73,7 @@ def _timed(stages: dict[str, float], name: str, fn: Callable[..., Any]) -> Calla
 
 def _instrument(stages: dict[str, float]) -> None:
     """Time the pipeline's steps by wrapping the module attributes it calls through."""
-    import bonect.converter.files as files
+    import bonect.converter.file_conversion as files
     import bonect.converter.inference as inference
     import bonect.converter.pipeline as pipeline
 
@@ -110,7 +111,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             result["seconds"] = time.perf_counter() - started
         result["slices"] = n
     else:
-        from bonect.converter.files import convert_path
+        from bonect.converter.file_conversion import convert_path
 
         stages: dict[str, float] = {}
         _instrument(stages)

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import bonect.catalog.queue as queue
     import bonect.daemon.archive as archive
     import bonect.daemon.node as node
+    import bonect.daemon.receive as receive
     import bonect.daemon.scp as scp
     from bonect.config import load_config
 
@@ -51,13 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     scp._Handlers.on_store = _timed(totals, "handler (on_store)", scp._Handlers.on_store)
     archive.Archive.write = _timed(totals, "  archive.write", archive.Archive.write)
     archive.fsync_dir = _timed(totals, "    fsync of the folder", archive.fsync_dir)
-    node.dcmread = _timed(totals, "  sink: dcmread of the file just written", node.dcmread)
     queue.Catalog.record_instance = _timed(
         totals, "  sink: catalog.record_instance", queue.Catalog.record_instance
     )
-    scp.InstanceRef.from_dataset = _timed(
-        totals, "  InstanceRef.from_dataset", scp.InstanceRef.from_dataset
-    )
+    receive.read_header = _timed(totals, "  read_header (header check)", receive.read_header)
     spec = (QUICK_SERIES if args.quick else SERIES)[0 if args.series == "mr" else 1]
     files = series_files(spec)
     with scratch("profile-ingest-") as tmp:

@@ -74,7 +74,7 @@ def phantom_volume(modality: Literal["MR", "CT"], slices: int, matrix: int):  # 
 
 
 def _write(spec: SeriesSpec, folder: Path) -> None:
-    from bonect.converter.dicom_writer import deterministic_uid
+    from bonect.dicom.uids import deterministic_uid
     from bonect.phantom.dicom import PatientInfo, StudyInfo, write_acquired_series
 
     volume = phantom_volume(spec.modality, spec.slices, spec.matrix)

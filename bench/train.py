@@ -96,7 +96,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         record = trained.history[-1]
         result.update(slices_per_second=record.slices_per_second, epoch_seconds=record.seconds)
     else:
-        from bonect.converter.models import build_model
+        from bonect.converter.networks import build_model
 
         torch.manual_seed(SEED)
         network = build_model("light_unet", options.arguments)

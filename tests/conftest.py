@@ -14,10 +14,11 @@ import pytest
 import torch
 from pydicom import config as pydicom_config
 
-from bonect.converter.model_folder import Manifest, save_model
-from bonect.converter.models import build_model
+from bonect.converter.model_folder import save_model
+from bonect.converter.networks import build_model
 from bonect.phantom.cohort import WrittenPatient, write_patient
 from bonect.phantom.generate import Acquisition, PhantomCase, generate_case
+from bonect.registry import Manifest
 
 PHANTOM_SEED = 3
 PHANTOM_INDEX = 1  # an adult: mineralised bone, thick enough to see at 4 mm (index 0 is a child)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bonect.converter.model_folder import load_model
-from bonect.converter.models import count_parameters
+from bonect.converter.networks import count_parameters
 from bonect.converter.pipeline import Classical, convert, resolve_method
 from bonect.demo import bundled_model
-from bonect.metrics import compute_metrics
+from bonect.metrics_report import compute_metrics
 from bonect.phantom.generate import Acquisition, generate_case
 
 

@@ -399,3 +399,31 @@ def test_bad_config_exits_78(runs: Runs, work: Work) -> None:
     assert run.messages()[0].startswith("bonect: config error:")
     assert "converter.colour: Extra inputs are not permitted" in run.stderr
     assert not (work.root / "out-config").exists()
+
+
+def test_a_reader_that_goes_away_is_not_an_error() -> None:
+    # `bonect-daemon status | head -1` once exited 70 with a BrokenPipeError traceback
+    program = (
+        "import argparse, sys\n"
+        "from bonect.cli_boundary import run\n"
+        "def handler(args):\n"
+        "    for i in range(200000):\n"
+        "        print('line', i)\n"
+        "    return 0\n"
+        "sys.exit(run(handler, argparse.Namespace(verbose=0)))\n"
+    )
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'set -o pipefail; "$0" -c "$1" | head -1; echo "status=$?" >&2',
+            sys.executable,
+            program,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout == "line 0\n"
+    assert result.stderr.strip() == "status=141"  # as a program ended by SIGPIPE; no traceback

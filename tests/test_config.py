@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pydantic
@@ -227,3 +229,13 @@ def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert find_config() == (system if system.is_file() else None)
     monkeypatch.setenv("BONECT_CONFIG", "")
     assert find_config() == (system if system.is_file() else None)
+
+
+def test_loading_the_config_imports_no_part_of_bonect() -> None:
+    code = (
+        "import sys, bonect.config; "
+        "print([m for m in sys.modules if m.startswith(('sqlalchemy', 'torch', 'pynetdicom', "
+        "'bonect.daemon', 'bonect.catalog', 'bonect.converter', 'bonect.trainer'))])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

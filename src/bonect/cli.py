@@ -8,35 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from bonect import __version__
-from bonect.errors import BonectError, ConfigError
+from bonect.cli_boundary import positive_int, run, spacing_arg
 
 logger = logging.getLogger("bonect")
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_SOFTWARE = 70
-EXIT_CONFIG = 78
-
-
-def spacing_arg(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not three numbers: {text!r}") from None
-    if len(values) != 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected SLICE,ROW,COLUMN in mm > 0, got {text!r}")
-    return (values[0], values[1], values[2])
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace) -> int:
     from bonect.config import find_config, load_config
-    from bonect.converter.inputs import read_input
+    from bonect.converter.user_input import read_input
 
     registry = None
     config_path = find_config(args.config)
@@ -151,7 +129,7 @@ def _convert(args: argparse.Namespace) -> int:
         registry = load_config(config_path).model_registry
     volume, series = read_input(args.input)  # refuse a bad input before loading PyTorch
 
-    from bonect.converter.files import convert_input
+    from bonect.converter.file_conversion import convert_input
     from bonect.converter.inference import pick_device, set_threads
     from bonect.converter.pipeline import resolve_method
 
@@ -214,34 +192,6 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"figure: {figure}")
     print(f"metrics: {result.out / 'metrics.md'} and metrics.json; took {result.seconds:.0f} s")
     return 0
-
-
-def run(
-    handler: Callable[[argparse.Namespace], int],
-    args: argparse.Namespace,
-    *,
-    prog: str = "bonect",
-    interrupted: str = "interrupted",
-) -> int:
-    """Translate errors into one line on stderr and an exit code (every bonect command)."""
-    try:
-        return int(handler(args))
-    except ConfigError as exc:
-        print(f"{prog}: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except BonectError as exc:
-        if args.verbose:
-            logger.exception("failed")
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130
-    except Exception as exc:  # boundary: no traceback for users unless -v
-        if args.verbose:
-            logger.exception("unexpected failure")
-        print(f"{prog}: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_SOFTWARE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from bonect.daemon.rules import RulesConfig
+from bonect.config_rules import RulesConfig
 from bonect.errors import ConfigError
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -137,6 +138,99 @@ class Destination(BaseModel, frozen=True, extra="forbid"):
     rejection_notes: bool = True
 
 
+_HOURS = re.compile(r"^\s*(\d{1,2})(?::(\d{2}))?\s*-\s*(\d{1,2})(?::(\d{2}))?\s*$")
+
+
+def parse_hours(text: str) -> tuple[int, int] | None:
+    """``"20-06"`` or ``"19:30-06:00"`` as (start, end) minutes of the day; "" / "any": None.
+
+    The window may wrap past midnight; start == end is refused (say "any" for all day).
+    """
+    if text.strip().lower() in ("", "any"):
+        return None
+    match = _HOURS.match(text)
+    if match is None:
+        raise ValueError(f'{text!r}: expected HH-HH or HH:MM-HH:MM (e.g. "20-06"), or "any"')
+    h1, m1, h2, m2 = (int(g) if g else 0 for g in match.groups())
+    if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59:
+        raise ValueError(f"{text!r}: not a time of day")
+    start, end = (h1 * 60 + m1) % 1440, (h2 * 60 + m2) % 1440
+    if start == end:
+        raise ValueError(f'{text!r}: an empty window (use "any" for all day)')
+    return start, end
+
+
+class SourceConfig(BaseModel, frozen=True, extra="forbid"):
+    """``[[sources]]``: a PACS queried for a bone-MR patient's CT (C-FIND, C-MOVE / C-GET)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    retrieve: Literal["move", "get"] = "move"
+    move_destination_ae: str | None = Field(default=None, min_length=1, max_length=16)
+    allowed_hours: str = "any"  # "20-06": only from 20:00 to 06:00 local time
+    max_associations: int = Field(default=2, ge=1)  # retrieval's own budget, apart from receive
+    max_instances_per_second: float = Field(default=0.0, ge=0)  # 0: unlimited
+
+    @field_validator("allowed_hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        parse_hours(value)
+        return value
+
+    @property
+    def hours(self) -> tuple[int, int] | None:
+        """The allowed window as (start, end) minutes of the day; None: any time."""
+        return parse_hours(self.allowed_hours)
+
+
+class WebConfig(BaseModel, frozen=True, extra="forbid"):
+    """``[web]``: the status page served by the daemon (read-only unless ``actions``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0 picks a free port
+    allowed_hosts: tuple[str, ...] = ()  # client CIDRs or addresses besides loopback
+    password_file: Path | None = None  # "user:hash" lines (bcrypt or pbkdf2_sha256)
+    tls_certificate: Path | None = None  # HTTPS when set (with tls_key)
+    tls_key: Path | None = Field(default=None, validate_default=True)
+    actions: bool = False  # promote / roll back models from the page (needs password_file)
+    show_phi: bool = False  # patient IDs and names on the pages; else hashed keys and UIDs
+    refresh_seconds: int = Field(default=10, ge=0)  # queue page reload; 0: never
+    jobs_shown: int = Field(default=50, ge=1, le=1000)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _web_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("tls_key")
+    @classmethod
+    def _web_tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (info.data.get("tls_certificate") is None) != (value is None):
+            raise ValueError("tls_certificate and tls_key go together")
+        return value
+
+    @model_validator(mode="after")
+    def _web_exposure(self) -> WebConfig:
+        if self.host not in ("127.0.0.1", "::1", "localhost") and (
+            not self.allowed_hosts or self.password_file is None
+        ):
+            raise ValueError(
+                f"host {self.host!r} listens beyond this machine: set allowed_hosts and "
+                "password_file"
+            )
+        if self.actions and self.password_file is None:
+            raise ValueError("actions = true needs password_file (actions need a login)")
+        return self
+
+
 class Config(BaseModel, frozen=True, extra="forbid"):
     node: NodeConfig = NodeConfig()
     security: SecurityConfig = SecurityConfig()
@@ -147,8 +241,10 @@ class Config(BaseModel, frozen=True, extra="forbid"):
     rules: RulesConfig = RulesConfig()
     sender: SenderConfig = SenderConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
     trainer: TrainerConfig = TrainerConfig()
     destinations: tuple[Destination, ...] = ()
+    sources: tuple[SourceConfig, ...] = ()
 
     @model_validator(mode="after")
     def _exposure(self) -> Config:
@@ -161,6 +257,8 @@ class Config(BaseModel, frozen=True, extra="forbid"):
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ValueError("destinations: names must be unique")
+        if len({s.name for s in self.sources}) != len(self.sources):
+            raise ValueError("sources: names must be unique")
         return self
 
     @property
@@ -193,8 +291,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     if converter.model not in MODEL_KEYWORDS:  # a model folder
         model = str(_resolve(Path(converter.model), base))
         converter = converter.model_copy(update={"model": model})
+    web = config.web.model_copy(
+        update={
+            key: _resolve(getattr(config.web, key), base)
+            for key in ("password_file", "tls_certificate", "tls_key")
+        }
+    )
     return config.model_copy(
-        update={"storage": storage, "security": security, "converter": converter}
+        update={"storage": storage, "security": security, "converter": converter, "web": web}
     )
 
 

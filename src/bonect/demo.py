@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bonect.converter.files import convert_path
+from bonect.converter.file_conversion import convert_path
 from bonect.converter.model_folder import load_model
 from bonect.converter.pipeline import Classical, Method
 from bonect.figures import figure_one
-from bonect.metrics import Metrics, compute_metrics, format_table
+from bonect.metrics_report import Metrics, compute_metrics, format_table
 from bonect.phantom.cohort import write_patient
 from bonect.phantom.generate import Acquisition, generate_case
 

@@ -14,8 +14,10 @@ import numpy.typing as npt
 
 from bonect.converter.preprocess import head_mask
 from bonect.converter.volume import Volume
+from bonect.hounsfield import BONE_WINDOW as BONE_WINDOW_CW
+from bonect.hounsfield import window_bounds
 
-BONE_WINDOW = (-500.0, 1500.0)  # W 2000 / L 500, as the paper shows its images
+BONE_WINDOW = window_bounds(BONE_WINDOW_CW)  # W 2000 / L 500, as the paper shows its images
 
 
 def _display_planes(

@@ -14,8 +14,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
 from bonect.catalog import Catalog, JobState
-from bonect.catalog.models import Base
 from bonect.catalog.queue import claimable_jobs
+from bonect.catalog.tables import Base
 from catalog.catalog_support import FakeClock, header, receive
 
 JOBS = 60

@@ -31,7 +31,8 @@ def test_sqlite_pragmas_and_tables(tmp_path: Path) -> None:
             row[0]
             for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
         }
-    assert {"studies", "series", "instances", "jobs", "sends", "model_versions"} <= tables
+    assert {"studies", "series", "instances", "jobs", "sends"} <= tables
+    assert "model_versions" not in tables  # model versions live in the registry's folder
     engine.dispose()
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from bonect.catalog import Catalog, Role, SettleState, patient_key
-from bonect.catalog.models import Instance, Series
+from bonect.catalog.tables import Instance, Series
 from catalog.catalog_support import FakeClock, header, receive, series_headers
 
 SERIES = "1.2.826.0.1.3680043.8.498.100"

@@ -70,17 +70,3 @@ def test_unplanned_send_needs_a_path(catalog: Catalog, clock: FakeClock, job: Jo
         path=Path("/out/9.dcm"),
     )
     assert record.path == Path("/out/9.dcm") and record.status is SendStatus.FAILED
-
-
-def test_model_versions(catalog: Catalog, clock: FakeClock) -> None:
-    assert catalog.current_model_version() is None
-    catalog.record_model_version(name="light", version="1", folder=Path("/m/1"), promoted_at=None)
-    assert catalog.current_model_version() is None
-    catalog.record_model_version(
-        name="light", version="1", folder=Path("/m/1"), promoted_at=clock.now()
-    )
-    catalog.record_model_version(
-        name="light", version="2", folder=Path("/m/2"), promoted_at=clock.advance(60)
-    )
-    current = catalog.current_model_version()
-    assert current is not None and current.version == "2" and current.folder == Path("/m/2")

@@ -28,7 +28,7 @@ from pydicom.uid import (
 )
 
 from bonect.converter.dicom_reader import read_mr_datasets, read_mr_files, read_mr_folder
-from bonect.converter.series import MRSeries
+from bonect.converter.series import ImageSeries
 from bonect.errors import SeriesError
 from series_factory import (
     make_enhanced_mr,
@@ -44,7 +44,7 @@ SPACING = (2.5, 0.75, 1.25)
 OBLIQUE = (0.866025404, 0.5, 0.0, -0.35355339, 0.612372436, -0.707106781)
 
 
-def _assert_geometry(series: MRSeries, datasets: list[Dataset]) -> None:
+def _assert_geometry(series: ImageSeries, datasets: list[Dataset]) -> None:
     """Each dataset's pixels lie in the volume where its IPP, IOP and PixelSpacing put them."""
     vol = series.volume
     assert vol.array.dtype == np.float32

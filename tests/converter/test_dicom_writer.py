@@ -15,13 +15,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from bonect.converter.dicom_writer import (
-    MANUFACTURER,
-    synthetic_ct_datasets,
-    write_synthetic_ct,
-)
-from bonect.converter.series import MRSeries, SourceImage
+from bonect.converter.dicom_writer import synthetic_ct_datasets, write_synthetic_ct
+from bonect.converter.series import ImageSeries, SourceImage
 from bonect.converter.volume import Volume
+from bonect.dicom.provenance import MANUFACTURER
 from bonect.errors import ConversionError, SeriesError
 from bonect.phantom.dicom import PatientInfo, StudyInfo, acquired_series_datasets
 from dicom_validation import dciodvfy_errors
@@ -66,7 +63,7 @@ def plane_affine(plane: str, *, stacking: Stacking = "dicom") -> npt.NDArray[np.
     return affine
 
 
-def mr_series(plane: str = "sagittal", *, stacking: Stacking = "dicom") -> MRSeries:
+def mr_series(plane: str = "sagittal", *, stacking: Stacking = "dicom") -> ImageSeries:
     """An MR series as the reader would give it: built from phantom MR datasets."""
     rng = np.random.default_rng(0)
     affine = plane_affine(plane, stacking=stacking)
@@ -85,7 +82,7 @@ def mr_series(plane: str = "sagittal", *, stacking: Stacking = "dicom") -> MRSer
     header = copy.deepcopy(datasets[0])
     del header.PixelData
     sources = tuple(SourceImage(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in datasets)
-    return MRSeries(volume, header, sources)
+    return ImageSeries(volume, header, sources)
 
 
 def sct_hu(shape: tuple[int, int, int] = SHAPE) -> npt.NDArray[np.float32]:
@@ -93,20 +90,24 @@ def sct_hu(shape: tuple[int, int, int] = SHAPE) -> npt.NDArray[np.float32]:
     return rng.uniform(-1000.0, 2500.0, shape).astype(np.float32)
 
 
-def write(tmp_path: Path, source: MRSeries) -> list[Dataset]:
+def write(tmp_path: Path, source: ImageSeries) -> list[Dataset]:
     """Write an sCT of ``source`` (not for clinical use) and read the files back."""
     paths = write_synthetic_ct(
         sct_hu(), source, tmp_path / "sct", **MODEL, clinical_use=False, now=NOW
-    )
+    ).paths
     return [pydicom.dcmread(p) for p in paths]
 
 
 @pytest.mark.parametrize("plane", sorted(PLANES))
 def test_every_written_instance_passes_dciodvfy(tmp_path: Path, plane: str) -> None:
-    paths = write_synthetic_ct(
+    written = write_synthetic_ct(
         sct_hu(), mr_series(plane), tmp_path, **MODEL, clinical_use=False, now=NOW
     )
+    paths = written.paths
     assert [p.name for p in paths] == [f"CT_{k:04d}.dcm" for k in range(1, SHAPE[0] + 1)]
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    assert written.sop_instance_uids == tuple(h.SOPInstanceUID for h in headers)
+    assert {written.series_uid} == {h.SeriesInstanceUID for h in headers}
     for path in paths:
         assert dciodvfy_errors(path) == [], path
 
@@ -207,10 +208,10 @@ def test_rewriting_gives_identical_files(tmp_path: Path) -> None:
     source = mr_series()
     first = write_synthetic_ct(
         sct_hu(), source, tmp_path / "a", **MODEL, clinical_use=False, now=NOW
-    )
+    ).paths
     again = write_synthetic_ct(
         sct_hu(), source, tmp_path / "b", **MODEL, clinical_use=False, now=NOW
-    )
+    ).paths
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
     assert not list((tmp_path / "a").glob(".*"))  # no temporary files left
 
@@ -304,8 +305,10 @@ def test_enhanced_mr_sources_are_referenced_by_frame(tmp_path: Path) -> None:
         SourceImage(EnhancedMRImageStorage, enhanced_uid, frame_number=k + 1)
         for k in range(SHAPE[0])
     )
-    source = MRSeries(plain.volume, plain.header, sources)
-    paths = write_synthetic_ct(sct_hu(), source, tmp_path, **MODEL, clinical_use=False, now=NOW)
+    source = ImageSeries(plain.volume, plain.header, sources)
+    paths = write_synthetic_ct(
+        sct_hu(), source, tmp_path, **MODEL, clinical_use=False, now=NOW
+    ).paths
     for k, path in enumerate(paths):
         assert dciodvfy_errors(path) == []
         ds = pydicom.dcmread(path)
@@ -324,8 +327,10 @@ def test_a_minimal_header_still_gives_valid_objects(tmp_path: Path) -> None:
     header.StudyInstanceUID = plain.header.StudyInstanceUID
     header.SeriesInstanceUID = plain.header.SeriesInstanceUID
     header.FrameOfReferenceUID = plain.header.FrameOfReferenceUID
-    source = MRSeries(plain.volume, header, plain.sources)
-    paths = write_synthetic_ct(sct_hu(), source, tmp_path, **MODEL, clinical_use=False, now=NOW)
+    source = ImageSeries(plain.volume, header, plain.sources)
+    paths = write_synthetic_ct(
+        sct_hu(), source, tmp_path, **MODEL, clinical_use=False, now=NOW
+    ).paths
     assert all(dciodvfy_errors(p) == [] for p in paths)
     ds = pydicom.dcmread(paths[0])
     assert ds.PatientName == "" and ds.PatientID == "" and ds.SeriesNumber is None
@@ -350,6 +355,6 @@ def test_a_source_without_frame_of_reference_is_refused() -> None:
     del header.FrameOfReferenceUID
     with pytest.raises(SeriesError) as info:
         synthetic_ct_datasets(
-            sct_hu(), MRSeries(plain.volume, header, plain.sources), **MODEL, clinical_use=False
+            sct_hu(), ImageSeries(plain.volume, header, plain.sources), **MODEL, clinical_use=False
         )
     assert info.value.series_uid == plain.series_uid

@@ -18,19 +18,14 @@ import torch
 from safetensors import safe_open
 
 from bonect.converter.inference import predict_cube, predict_plane
-from bonect.converter.model_folder import (
-    MANIFEST,
-    PROMOTED,
-    WEIGHTS,
-    LoadedModel,
-    load_model,
-    read_manifest,
-)
-from bonect.converter.pipeline import HU_CLIP, Classical, convert, resolve_method
+from bonect.converter.model_folder import WEIGHTS, LoadedModel, load_model
+from bonect.converter.pipeline import Classical, convert, resolve_method
 from bonect.converter.preprocess import head_mask, prepare
 from bonect.errors import ModelError
+from bonect.hounsfield import HU_MAX, HU_MIN
 from bonect.phantom.anatomy import Tissue
 from bonect.phantom.generate import PhantomCase
+from bonect.registry import MANIFEST, PROMOTED, read_manifest
 
 CPU = torch.device("cpu")
 PLANE_SETS = (("axial",), ("axial", "coronal"), ("axial", "coronal", "sagittal"))
@@ -61,7 +56,7 @@ def test_convert_returns_hu_on_the_mr_grid(
     np.testing.assert_array_equal(sct.affine, mr.affine)
     hu = sct.array
     assert hu.dtype == np.float32
-    assert HU_CLIP[0] <= float(hu.min()) and float(hu.max()) <= HU_CLIP[1]
+    assert float(hu.min()) >= HU_MIN and float(hu.max()) <= HU_MAX
     mask = head_mask(mr.array, mr.spacing)
     assert np.all(hu[~mask] == -1000.0)
     assert float(np.mean(hu[mask] != -1000.0)) > 0.9  # the model's output, not a fill value

@@ -1,4 +1,7 @@
-"""The archive: UID validation of instance refs, and durable exact-bytes writes."""
+"""The archive: durable exact-bytes writes, at paths only valid UIDs can build.
+
+(Reading and validating headers is tested in tests/dicom/test_header.py.)
+"""
 
 from __future__ import annotations
 
@@ -6,97 +9,24 @@ import os
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from bonect.daemon.archive import (
-    Archive,
-    InstanceRef,
-    InvalidInstanceError,
-    InvalidUIDError,
-    validate_uid,
-)
-from bonect.errors import BonectError
-from series_factory import make_mr_series, write_series
+from bonect.daemon.archive import Archive
+from bonect.dicom.header import InstanceHeader
+from bonect.dicom.uids import InvalidUIDError
 
 
-def _ref(**changes: str) -> InstanceRef:
-    values = {
-        "study_instance_uid": "1.2.3",
-        "series_instance_uid": "1.2.3.4",
-        "sop_instance_uid": "1.2.3.4.5",
-        "sop_class_uid": MRImageStorage,
-        "modality": "MR",
-        "transfer_syntax_uid": ExplicitVRLittleEndian,
-    }
-    return InstanceRef(**{**values, **changes})
-
-
-def test_ref_from_a_file_header(tmp_path: Path) -> None:
-    ds = make_mr_series(shape=(1, 4, 4))[0]
-    (path,) = write_series([ds], tmp_path)
-
-    ref = InstanceRef.from_dataset(dcmread(path, stop_before_pixels=True))
-
-    assert ref == InstanceRef(
-        study_instance_uid=ds.StudyInstanceUID,
-        series_instance_uid=ds.SeriesInstanceUID,
-        sop_instance_uid=ds.SOPInstanceUID,
+def _ref(
+    *, study_uid: str = "1.2.3", series_uid: str = "1.2.3.4", sop_instance_uid: str = "1.2.3.4.5"
+) -> InstanceHeader:
+    return InstanceHeader(
+        sop_instance_uid=sop_instance_uid,
         sop_class_uid=MRImageStorage,
-        modality="MR",
+        study_uid=study_uid,
+        series_uid=series_uid,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        modality="MR",
     )
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "../../etc",
-        "1.2.3/../../x",
-        "1.2.3\n",
-        "1.2.3\\x",
-        "",
-        "1..2",
-        "1.2.03",
-        "1.2.3.",
-        "1.2.abc",
-        "/1.2.3",
-        "1." + "2" * 63,  # 65 characters
-    ],
-)
-def test_invalid_uids_are_refused(bad: str) -> None:
-    with pytest.raises(InvalidUIDError) as info:
-        validate_uid(bad, "StudyInstanceUID")
-    assert isinstance(info.value, BonectError)
-
-
-def test_longest_valid_uid_and_nul_padding_are_accepted() -> None:
-    longest = "1." + "2" * 62
-    assert validate_uid(longest, "X") == longest
-    assert validate_uid("1.2.3\x00", "X") == "1.2.3"
-
-
-def test_missing_uid_or_transfer_syntax_is_refused() -> None:
-    ds = Dataset()
-    ds.StudyInstanceUID = "1.2.3"
-    ds.SeriesInstanceUID = "1.2.3.4"
-    ds.SOPClassUID = MRImageStorage
-    with pytest.raises(InvalidUIDError, match="SOPInstanceUID"):
-        InstanceRef.from_dataset(ds, transfer_syntax_uid=ExplicitVRLittleEndian)
-    ds.SOPInstanceUID = "1.2.3.4.5"
-    with pytest.raises(InvalidUIDError, match="TransferSyntaxUID"):
-        InstanceRef.from_dataset(ds)
-    assert InstanceRef.from_dataset(ds, transfer_syntax_uid=ExplicitVRLittleEndian).modality == ""
-
-
-def test_undecodable_header_is_an_invalid_instance() -> None:
-    class Broken(Dataset):
-        def get(self, *args: object, **kwargs: object) -> object:
-            raise EOFError("truncated")
-
-    with pytest.raises(InvalidInstanceError, match="undecodable"):
-        InstanceRef.from_dataset(Broken(), transfer_syntax_uid=ExplicitVRLittleEndian)
 
 
 def test_open_creates_folders_and_write_stores_the_exact_bytes(tmp_path: Path) -> None:
@@ -143,7 +73,7 @@ def test_writing_again_replaces_the_instance(tmp_path: Path) -> None:
 def test_a_ref_with_a_bad_uid_writes_nothing(tmp_path: Path) -> None:
     archive = Archive.open(tmp_path / "var")
     with pytest.raises(InvalidUIDError):
-        archive.write(_ref(study_instance_uid="../../x"), b"evil")
+        archive.write(_ref(study_uid="../../x"), b"evil")
     with pytest.raises(InvalidUIDError):
         archive.write(_ref(sop_instance_uid="1.2/../../../y"), b"evil")
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

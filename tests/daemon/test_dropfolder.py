@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
-from bonect.daemon.archive import Archive, InstanceRef
+from bonect.daemon.archive import Archive
 from bonect.daemon.dropfolder import DropFolder
+from bonect.daemon.receive import Receiver
+from bonect.dicom.header import InstanceHeader
 from series_factory import make_mr_series, write_series
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -22,22 +26,24 @@ NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 @dataclass
 class Sink:
     fail: bool = False
-    records: list[tuple[InstanceRef, Path, datetime, str, str, str]] = field(default_factory=list)
+    records: list[tuple[InstanceHeader, Path, datetime, str, str | None]] = field(
+        default_factory=list
+    )
     ended: list[str] = field(default_factory=list)
     recorded: threading.Event = field(default_factory=threading.Event)
 
     def record(
         self,
-        ref: InstanceRef,
+        header: InstanceHeader,
         path: Path,
+        *,
         received_at: datetime,
         association_id: str,
-        calling_ae: str,
-        peer_address: str,
+        calling_ae: str | None,
     ) -> None:
         if self.fail:
             raise OSError("catalog unavailable")
-        self.records.append((ref, path, received_at, association_id, calling_ae, peer_address))
+        self.records.append((header, path, received_at, association_id, calling_ae))
         self.recorded.set()
 
     def association_ended(self, association_id: str, at: datetime) -> None:
@@ -45,18 +51,35 @@ class Sink:
 
 
 @dataclass
+class Disk:
+    free: int = 10**12
+
+    def free_bytes(self) -> int:
+        return self.free
+
+
+@dataclass
 class Setup:
     drop: DropFolder
     archive: Archive
     sink: Sink
+    disk: Disk
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
     archive = Archive.open(tmp_path / "var")
     sink = Sink()
-    drop = DropFolder.open(tmp_path / "var", archive=archive, sink=sink, clock=lambda: NOW)
-    return Setup(drop, archive, sink)
+    disk = Disk()
+    receiver = Receiver(
+        archive=archive,
+        sink=sink,
+        reserve_bytes=10**9,
+        free_bytes=disk.free_bytes,
+        clock=lambda: NOW,
+    )
+    drop = DropFolder.open(tmp_path / "var", receiver=receiver)
+    return Setup(drop, archive, sink, disk)
 
 
 def test_complete_dicom_files_are_ingested_as_received_and_removed(
@@ -72,12 +95,13 @@ def test_complete_dicom_files_are_ingested_as_received_and_removed(
     uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in sources]
     assert second.ingested == tuple(uids) and second.waiting == 0
     assert not any(Path(p).exists() for p in dropped)
-    for (ref, path, received_at, assoc_id, _, _), source in zip(
+    for (header, path, received_at, assoc_id, calling_ae), source in zip(
         setup.sink.records, sources, strict=True
     ):
-        assert path == setup.archive.path_for(ref)
+        assert path == setup.archive.path_for(header)
         assert path.read_bytes() == source.read_bytes()  # the file exactly as dropped
         assert received_at == NOW and assoc_id == f"import:{source.name}"
+        assert calling_ae is None
     assert setup.sink.ended == [f"import:{p.name}" for p in sources]
 
 
@@ -140,6 +164,38 @@ def test_when_the_sink_fails_the_file_stays_for_the_next_scan(setup: Setup, tmp_
     assert setup.drop.ingest_once().kept == 1 and source.exists()
 
     setup.sink.fail = False
+    assert len(setup.drop.ingest_once().ingested) == 1 and not source.exists()
+
+
+def test_each_file_is_read_once(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = write_series(make_mr_series((3, 8, 8)), setup.drop.folder)
+    for source in sources:
+        setup.drop.mark_closed(source)
+    reads: list[object] = []
+    real_read_partial = pydicom.filereader.read_partial
+
+    def counting_read_partial(fileobj: object, *args: object, **kwargs: object) -> Dataset:
+        reads.append(fileobj)
+        return real_read_partial(fileobj, *args, **kwargs)  # type: ignore[arg-type]
+
+    # every dcmread, however it was imported, parses through this module global
+    monkeypatch.setattr(pydicom.filereader, "read_partial", counting_read_partial)
+
+    assert len(setup.drop.ingest_once().ingested) == 3
+
+    assert len(setup.sink.records) == 3
+    assert len(reads) == 3  # one header read per file; nothing reads the archived copy again
+
+
+def test_under_the_disk_reserve_a_file_waits(setup: Setup) -> None:
+    (source,) = write_series(make_mr_series((1, 8, 8)), setup.drop.folder)
+    setup.drop.mark_closed(source)
+    setup.disk.free = 10**9 - 1
+
+    assert setup.drop.ingest_once().kept == 1 and source.exists()
+    assert setup.sink.records == []
+
+    setup.disk.free = 10**9
     assert len(setup.drop.ingest_once().ingested) == 1 and not source.exists()
 
 

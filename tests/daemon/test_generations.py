@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, KeyObjectSelectionDocumentStorage
 
 from bonect.catalog.jobs import JobState
-from bonect.catalog.models import SendStatus
-from bonect.converter.dicom_writer import _series_description, sct_series_number
-from bonect.converter.dicom_writer import synthetic_ct_uids as uids_of
+from bonect.catalog.tables import SendStatus
+from bonect.converter.sct_modules import sct_series_description, sct_series_number
+from bonect.converter.sct_modules import synthetic_ct_uids as uids_of
 from bonect.daemon.node import Node
 from bonect.daemon.rejection import rejection_note, rejection_note_uids, write_rejection_note
 from bonect.daemon.sender import DestinationNode, send_files
@@ -53,9 +53,10 @@ def test_a_later_generation_has_a_higher_series_number_and_says_what_it_replaces
     assert sct_series_number(5) == 9005
     assert [sct_series_number(5, g) for g in (2, 3)] == [19005, 29005]
     assert sct_series_number(None, 2) is None and sct_series_number(2**31, 1) is None
-    assert _series_description("classical", clinical_use=True) == "Synthetic CT (bonect classical)"
+    first = sct_series_description("classical", clinical_use=True)
+    assert first == "Synthetic CT (bonect classical)"
     for method in ("classical", "U-Net"):
-        text = _series_description(method, clinical_use=False, generation=2, replaces=1)
+        text = sct_series_description(method, clinical_use=False, generation=2, replaces=1)
         assert len(text) <= 64
         assert text.startswith("Synthetic CT") and text.endswith("NOT FOR CLINICAL USE")
         assert "v2 replaces v1" in text

@@ -17,20 +17,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from bonect.converter.model_folder import MANIFEST, PROMOTED, WEIGHTS, LoadedModel, save_model
-from bonect.converter.models import LightUNet, build_model
+from bonect.converter.model_folder import WEIGHTS, LoadedModel, save_model
+from bonect.converter.networks import LightUNet, build_model
 from bonect.converter.pipeline import Classical
-from bonect.converter.preprocess import prepare
-from bonect.daemon.models import (
-    SMOKE_ACQUISITION,
+from bonect.converter.preprocess import head_mask, prepare
+from bonect.daemon.model_holder import (
     SMOKE_SLICES,
     ModelHolder,
     smoke_slices,
     smoke_test,
+    smoke_volume,
 )
 from bonect.errors import ModelError
-from bonect.phantom.generate import generate_case
+from bonect.registry import MANIFEST, PROMOTED
 from conftest import TINY_MANIFEST
 
 CPU = torch.device("cpu")
@@ -103,15 +104,24 @@ def test_smoke_test_passes_the_bundled_phantom_trained_model() -> None:
     smoke_test(load_model(folder, device=CPU), device=CPU)
 
 
+def test_the_smoke_head_is_a_head_to_the_converter() -> None:
+    mr, head = smoke_volume()
+    found = head_mask(mr.array, mr.spacing)
+    # the converter finds that head: all of it, and at most one (6 mm) voxel around it
+    assert not (head & ~found).any()
+    assert not (found & ~ndimage.binary_dilation(head, np.ones((3, 3, 3), dtype=bool))).any()
+    assert 0.2 < head.mean() < 0.6  # and it sits inside the volume, with air around it
+
+
 def test_the_smoke_slices_are_the_converters_input() -> None:
-    case = generate_case(0, 0, acquisition=SMOKE_ACQUISITION, ct_acquisition=None)
+    mr, _ = smoke_volume()
     size = TINY_MANIFEST.input_size
-    image, head = smoke_slices(case.mr, size)
-    prepared = prepare(case.mr, size)
+    image, head = smoke_slices(mr, size)
+    prepared = prepare(mr, size)
     rows = [round(f * (size - 1)) for f in SMOKE_SLICES]
-    np.testing.assert_allclose(image, prepared.image[rows], atol=1e-5)
+    np.testing.assert_array_equal(image, prepared.image[rows])
     np.testing.assert_array_equal(head, prepared.cube_mask[rows])
-    assert head.any()
+    assert all(h.any() for h in head)  # every smoke slice crosses the head
 
 
 def test_smoke_test_refuses_nonsense(registry: Path) -> None:
@@ -143,7 +153,7 @@ def test_a_broken_promoted_model_at_start_falls_back_to_classical(
 ) -> None:
     write_tiny_model(registry, "random", sane=False)
     promote(registry, "random")
-    with caplog.at_level(logging.ERROR, logger="bonect.daemon.models"):
+    with caplog.at_level(logging.ERROR, logger="bonect.daemon.model_holder"):
         opened = ModelHolder.open("auto", registry, CPU)
     assert isinstance(opened.current, Classical)
     assert "promoted model refused" in caplog.text
@@ -173,7 +183,7 @@ def test_a_newly_promoted_version_is_swapped_in_on_refresh(
     write_tiny_model(registry, "v1")
     assert holder.refresh() is False  # a new folder alone is not a promotion
     promote(registry, "v1")
-    with caplog.at_level(logging.INFO, logger="bonect.daemon.models"):
+    with caplog.at_level(logging.INFO, logger="bonect.daemon.model_holder"):
         assert holder.refresh() is True
     assert version_of(holder) == "v1"
     assert "model swapped in: tiny v1 (was classical ZTE map)" in caplog.text
@@ -222,7 +232,7 @@ def test_a_broken_model_is_refused_and_the_current_one_stays(
     if damage is not None:
         damage(bad)
     promote(registry, "v2")
-    with caplog.at_level(logging.ERROR, logger="bonect.daemon.models"):
+    with caplog.at_level(logging.ERROR, logger="bonect.daemon.model_holder"):
         assert holder.refresh() is False
     assert version_of(holder) == "v1"
     refusal = [r for r in caplog.records if r.levelno == logging.ERROR]

@@ -9,43 +9,21 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 
 from bonect.catalog.jobs import JobState
 from bonect.daemon.node import Node
 from bonect.daemon.sender import DestinationNode, send_files
 from bonect.phantom.cohort import WrittenPatient
 from catalog.catalog_support import FakeClock
-from daemon.node_support import LOCALHOST, Pacs
-
-
-def mr_files(patient: WrittenPatient) -> list[Path]:
-    return sorted(patient.mr_dicom.glob("*.dcm"))
-
-
-def assert_one_sct_series(pacs: Pacs, mr: list[Path]) -> None:
-    source = dcmread(mr[0], stop_before_pixels=True)
-    assert len(pacs.received) == len(mr)  # one sCT instance per MR slice, none twice
-    assert len({d.SOPInstanceUID for d in pacs.received}) == len(mr)
-    assert {d.Modality for d in pacs.received} == {"CT"}
-    assert {d.SeriesInstanceUID for d in pacs.received} != {source.SeriesInstanceUID}
-    assert len({d.SeriesInstanceUID for d in pacs.received}) == 1
-    assert {d.StudyInstanceUID for d in pacs.received} == {source.StudyInstanceUID}
-    assert {d.FrameOfReferenceUID for d in pacs.received} == {source.FrameOfReferenceUID}
-    assert all("DERIVED" in d.ImageType for d in pacs.received)
-
-
-def assert_no_patient_identity_logged(caplog: pytest.LogCaptureFixture, mr: list[Path]) -> None:
-    source = dcmread(mr[0], stop_before_pixels=True)
-    secrets = [str(source.PatientID), str(source.PatientName)]
-    assert all(secrets), secrets
-    for record in caplog.records:
-        if record.levelno > logging.DEBUG:
-            text = record.getMessage() + (record.exc_text or "")
-            assert not any(s in text for s in secrets), text
+from daemon.node_support import (
+    LOCALHOST,
+    Pacs,
+    assert_no_patient_identity_logged,
+    assert_one_sct_series,
+    mr_files,
+)
 
 
 def test_a_stored_bone_mr_series_comes_back_as_sct(

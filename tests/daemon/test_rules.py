@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bonect.catalog import header_from_dataset
-from bonect.catalog.records import InstanceHeader
-from bonect.converter.dicom_writer import MANUFACTURER
+from bonect.config_rules import ConvertRule, KeepCtRule, RulesConfig
 from bonect.converter.volume import Volume
-from bonect.daemon.rules import ConvertRule, KeepCtRule, Role, RulesConfig
+from bonect.daemon.rules import Role, classify
+from bonect.dicom.header import InstanceHeader, read_header
+from bonect.dicom.provenance import MANUFACTURER
 from bonect.phantom.dicom import PatientInfo, StudyInfo, acquired_series_datasets
 
 RULES = RulesConfig()
@@ -44,7 +44,7 @@ def phantom_header(modality: str, description: str, contrast: str | None = None)
         series_uid="1.2.826.0.1.3680043.8.498.3",
         mr_contrast=contrast,
     )
-    return header_from_dataset(datasets[0])
+    return read_header(datasets[0])
 
 
 @pytest.mark.parametrize(
@@ -59,25 +59,31 @@ def phantom_header(modality: str, description: str, contrast: str | None = None)
     ],
 )
 def test_phantom_bone_mr_is_converted(contrast: str, description: str) -> None:
-    assert RULES.classify(phantom_header("MR", description, contrast)) is Role.CONVERT
+    assert classify(RULES, phantom_header("MR", description, contrast)) is Role.CONVERT
 
 
 def test_phantom_t1_is_ignored_although_its_protocol_says_bone() -> None:
     t1 = phantom_header("MR", "T1 MPRAGE", "T1 MPRAGE")
     assert "bone" in t1.protocol_name  # the phantom names every MR protocol "... head-neck bone"
-    assert RULES.classify(t1) is Role.IGNORE
+    assert classify(RULES, t1) is Role.IGNORE
 
 
 def test_phantom_ct_is_kept() -> None:
-    assert RULES.classify(phantom_header("CT", "CT head neck bone kernel")) is Role.KEEP_CT
+    assert classify(RULES, phantom_header("CT", "CT head neck bone kernel")) is Role.KEEP_CT
 
 
 def test_our_synthetic_ct_is_output_never_kept_or_converted() -> None:
     sct = Fields("CT", "Synthetic CT from ZTE bone", image_type=("DERIVED", "SECONDARY"))
-    assert RULES.classify(replace(sct, manufacturer=MANUFACTURER)) is Role.OUTPUT
-    assert RULES.classify(replace(sct, manufacturer="BONECT ")) is Role.OUTPUT
-    # someone else's derived CT is still a CT
-    assert RULES.classify(sct) is Role.KEEP_CT
+    assert classify(RULES, replace(sct, manufacturer=MANUFACTURER)) is Role.OUTPUT
+    assert classify(RULES, replace(sct, manufacturer="BONECT ")) is Role.OUTPUT
+    # someone else's derived CT is still a CT, and so is a CT that only claims our name
+    assert classify(RULES, sct) is Role.KEEP_CT
+    original = replace(sct, manufacturer=MANUFACTURER, image_type=("ORIGINAL", "PRIMARY"))
+    assert classify(RULES, original) is Role.KEEP_CT
+
+
+def test_the_rules_default_to_the_manufacturer_our_writer_writes() -> None:
+    assert RULES.output_manufacturer == MANUFACTURER
 
 
 @pytest.mark.parametrize(
@@ -91,7 +97,7 @@ def test_our_synthetic_ct_is_output_never_kept_or_converted() -> None:
     ],
 )
 def test_bone_mr_names(fields: Fields) -> None:
-    assert RULES.classify(fields) is Role.CONVERT
+    assert classify(RULES, fields) is Role.CONVERT
 
 
 @pytest.mark.parametrize(
@@ -108,7 +114,7 @@ def test_bone_mr_names(fields: Fields) -> None:
     ],
 )
 def test_other_series_are_ignored(fields: Fields) -> None:
-    assert RULES.classify(fields) is Role.IGNORE
+    assert classify(RULES, fields) is Role.IGNORE
 
 
 def test_rules_from_toml() -> None:
@@ -127,19 +133,19 @@ def test_rules_from_toml() -> None:
     enabled = false
     """
     rules = RulesConfig.model_validate(tomllib.loads(text))
-    assert rules.classify(Fields(series_description="3D_GRE_BB")) is Role.CONVERT
-    assert rules.classify(Fields(protocol_name="SILENT skull")) is Role.CONVERT
-    assert rules.classify(Fields(series_description="3D GRE BB test")) is Role.IGNORE
+    assert classify(rules, Fields(series_description="3D_GRE_BB")) is Role.CONVERT
+    assert classify(rules, Fields(protocol_name="SILENT skull")) is Role.CONVERT
+    assert classify(rules, Fields(series_description="3D GRE BB test")) is Role.IGNORE
     derived = Fields(series_description="3DGREBB", image_type=("DERIVED", "SECONDARY", "MPR"))
-    assert rules.classify(derived) is Role.IGNORE
-    assert rules.classify(Fields("MR", "ZTE")) is Role.IGNORE  # only the rule above
-    assert rules.classify(Fields("CT", "Head")) is Role.IGNORE  # keep_ct disabled
+    assert classify(rules, derived) is Role.IGNORE
+    assert classify(rules, Fields("MR", "ZTE")) is Role.IGNORE  # only the rule above
+    assert classify(rules, Fields("CT", "Head")) is Role.IGNORE  # keep_ct disabled
 
 
 def test_a_rule_field_set_to_none_is_not_looked_at() -> None:
     rules = RulesConfig(convert=(ConvertRule(series_description=None, protocol_name=None),))
-    assert rules.classify(Fields(series_description="ZTE")) is Role.IGNORE
-    assert rules.classify(Fields(sequence_name="ZTE")) is Role.CONVERT
+    assert classify(rules, Fields(series_description="ZTE")) is Role.IGNORE
+    assert classify(rules, Fields(sequence_name="ZTE")) is Role.CONVERT
 
 
 def test_invalid_regex_is_a_validation_error_naming_the_key() -> None:

@@ -33,9 +33,10 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from bonect.catalog.header import header_from_dataset
-from bonect.daemon.archive import Archive, InstanceRef
+from bonect.daemon.archive import Archive
+from bonect.daemon.receive import Receiver
 from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
+from bonect.dicom.header import InstanceHeader, read_header
 from bonect.errors import ConfigError
 from dicom_peers import echoscu, have, storescu
 from series_factory import make_mr_series, write_series
@@ -53,12 +54,11 @@ needs_dcmtk = pytest.mark.skipif(not have("storescu"), reason="DCMTK is not inst
 
 @dataclass
 class Recorded:
-    ref: InstanceRef
+    header: InstanceHeader
     path: Path
     received_at: datetime
     association_id: str
-    calling_ae: str
-    peer_address: str
+    calling_ae: str | None
 
 
 @dataclass
@@ -67,26 +67,21 @@ class RecordingSink:
 
     fail_with: Exception | None = None
     records: list[Recorded] = field(default_factory=list)
-    datasets: list[Dataset | None] = field(default_factory=list)
     ended: list[tuple[str, datetime]] = field(default_factory=list)
     ended_event: threading.Event = field(default_factory=threading.Event)
 
     def record(
         self,
-        ref: InstanceRef,
+        header: InstanceHeader,
         path: Path,
+        *,
         received_at: datetime,
         association_id: str,
-        calling_ae: str,
-        peer_address: str,
-        dataset: Dataset | None = None,
+        calling_ae: str | None,
     ) -> None:
         if self.fail_with is not None:
             raise self.fail_with
-        self.records.append(
-            Recorded(ref, path, received_at, association_id, calling_ae, peer_address)
-        )
-        self.datasets.append(dataset)
+        self.records.append(Recorded(header, path, received_at, association_id, calling_ae))
 
     def association_ended(self, association_id: str, at: datetime) -> None:
         self.ended.append((association_id, at))
@@ -120,15 +115,15 @@ def start_node(tmp_path: Path) -> Iterator[StartNode]:
         archive = Archive.open(tmp_path / "var")
         sink = kwargs.pop("sink", RecordingSink())
         disk = FakeDisk()
-        server = StorageServer.start(
-            ae_title="BONECT",
-            host="127.0.0.1",
-            port=0,
+        receiver = Receiver(
             archive=archive,
             sink=sink,
+            reserve_bytes=kwargs.pop("reserve_bytes", 0),
             free_bytes=disk.free_bytes,
             clock=lambda: NOW,
-            **kwargs,
+        )
+        server = StorageServer.start(
+            ae_title="BONECT", host="127.0.0.1", port=0, receiver=receiver, **kwargs
         )
         servers.append(server)
         return Node(server, archive, sink, disk)
@@ -226,16 +221,16 @@ def test_storescu_series_is_archived_as_sent(
 
     assert done.returncode == 0, done.stderr
     assert node.sink.ended_event.wait(10)
-    by_uid = {r.ref.sop_instance_uid: r for r in node.sink.records}
+    by_uid = {r.header.sop_instance_uid: r for r in node.sink.records}
     assert len(by_uid) == len(sources) == len(archived(node))
     for source in sources:
         ds = dcmread(source, stop_before_pixels=True)
         rec = by_uid[ds.SOPInstanceUID]
-        assert rec.path == node.archive.path_for(rec.ref) and rec.path.is_file()
+        assert rec.path == node.archive.path_for(rec.header) and rec.path.is_file()
         assert dataset_bytes(rec.path) == dataset_bytes(source)  # bytes as sent, not re-encoded
-        assert rec.ref.transfer_syntax_uid == transfer_syntax
-        assert rec.ref.study_instance_uid == ds.StudyInstanceUID
-        assert (rec.calling_ae, rec.peer_address, rec.received_at) == ("MODALITY", "127.0.0.1", NOW)
+        assert rec.header.transfer_syntax_uid == transfer_syntax
+        assert rec.header.study_uid == ds.StudyInstanceUID
+        assert (rec.calling_ae, rec.received_at) == ("MODALITY", NOW)
     assert dcmread(rec.path).file_meta.TransferSyntaxUID == transfer_syntax
     (association_id,) = {r.association_id for r in node.sink.records}
     assert node.sink.ended == [(association_id, NOW)]
@@ -259,12 +254,9 @@ def test_pynetdicom_scu_series_is_archived_as_sent(
         assert dataset_bytes(rec.path) == dataset_bytes(source)
     decoded = dcmread(node.sink.records[0].path)
     assert (decoded.pixel_array == dcmread(sources[0]).pixel_array).all()
-    # the sink is handed the dataset the SCP decoded: the same header as the file written
-    for rec, dataset in zip(node.sink.records, node.sink.datasets, strict=True):
-        assert dataset is not None
-        assert header_from_dataset(dataset) == header_from_dataset(
-            dcmread(rec.path, stop_before_pixels=True)
-        )
+    # the sink is handed the header the SCP read: the same as the file written says
+    for rec in node.sink.records:
+        assert rec.header == read_header(dcmread(rec.path, stop_before_pixels=True))
 
 
 def test_c_echo(start_node: StartNode) -> None:
@@ -300,14 +292,11 @@ def test_when_free_space_cannot_be_read_associations_are_refused(tmp_path: Path)
     def unreadable() -> int:
         raise PermissionError("statvfs")
 
+    receiver = Receiver(
+        archive=Archive.open(tmp_path), sink=RecordingSink(), reserve_bytes=1, free_bytes=unreadable
+    )
     with StorageServer.start(
-        ae_title="BONECT",
-        host="127.0.0.1",
-        port=0,
-        archive=Archive.open(tmp_path),
-        sink=RecordingSink(),
-        reserve_bytes=1,
-        free_bytes=unreadable,
+        ae_title="BONECT", host="127.0.0.1", port=0, receiver=receiver
     ) as server:
         assert rejection(associate(server.port)) == (0x02, 0x03, 0x02)  # fails closed
 
@@ -331,6 +320,19 @@ def test_an_undecodable_dataset_gets_c210(
 
     assert store(node.server.port, [garbage]) == [0xC210]
     assert archived(node) == [] and node.sink.records == []
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
+def test_a_header_that_cannot_identify_the_instance_gets_c210(
+    start_node: StartNode, keyword: str
+) -> None:
+    node = start_node()
+    ds = make_mr_series((1, 8, 8))[0]
+    delattr(ds, keyword)  # a HeaderError (it used to be answered 0xA700, as a catalog failure)
+
+    assert store(node.server.port, [ds]) == [0xC210]
+    assert archived(node) == [] and node.sink.records == []
+    assert node.sink.ended == []  # nothing archived: no association to settle
 
 
 def test_a_uid_that_would_escape_the_storage_dir_gets_c210(

@@ -7,11 +7,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -31,7 +29,6 @@ from bonect.daemon.sender import (
     SendOutcome,
     SendTimeouts,
     UnsendableFileError,
-    _WireResponses,
     echo,
     send_files,
 )
@@ -302,17 +299,3 @@ def test_orthanc_refuses_an_unknown_calling_ae(orthanc: OrthancServer, tmp_path:
     assert not echo(pacs, "STRANGER", timeouts=FAST)
     report = send_files(mr_files(tmp_path, 1), pacs, calling_ae="STRANGER", timeouts=FAST)
     assert report.unknown and report.results[0].error == "association rejected"
-
-
-def test_a_response_seen_on_the_wire_is_kept_if_pynetdicom_loses_it() -> None:
-    wire = _WireResponses()
-    rsp = Dataset()
-    rsp.CommandField = 0x8001  # C-STORE-RSP
-    rsp.MessageIDBeingRespondedTo = 7
-    rsp.Status = 0xB000
-    rq = Dataset()
-    rq.CommandField = 0x0001  # C-STORE-RQ: ignored
-    rq.MessageID = 8
-    for command in (rsp, rq):
-        wire.on_dimse_recv(SimpleNamespace(message=SimpleNamespace(command_set=command)))
-    assert wire.status(7) == 0xB000 and wire.status(8) is None

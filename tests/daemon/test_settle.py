@@ -11,10 +11,9 @@ import pytest
 from bonect.catalog import Catalog, JobState, Role, SettleState, catalog_url
 from bonect.catalog.records import SeriesGeometry
 from bonect.daemon.rules import RulesConfig
-from bonect.daemon.settle import is_geometry_complete, series_is_complete, settle_once
+from bonect.daemon.settle import series_is_complete, settle_once
 from catalog.catalog_support import (
     AXIAL,
-    SAGITTAL,
     FakeClock,
     header,
     receive,
@@ -42,52 +41,7 @@ def stack(n: int, spacing: float = 1.5, start: float = 0.0) -> list[tuple[float,
     return [(0.0, 0.0, start + k * spacing) for k in range(n)]
 
 
-# -- is_geometry_complete -----------------------------------------------------------------------
-
-
-def test_contiguous_stack_in_any_order_is_complete() -> None:
-    positions = stack(10)
-    assert is_geometry_complete(positions, AXIAL, None)
-    assert is_geometry_complete(list(reversed(positions)), AXIAL, 10)
-    assert is_geometry_complete(positions[3:] + positions[:3], AXIAL, None)
-
-
-def test_missing_slice_is_incomplete() -> None:
-    positions = stack(10)
-    del positions[4]
-    assert not is_geometry_complete(positions, AXIAL, None)
-
-
-def test_count_must_match_the_expected_count() -> None:
-    assert not is_geometry_complete(stack(8), AXIAL, 10)  # slices 9 and 10 not received yet
-    assert is_geometry_complete(stack(10), AXIAL, 10)
-
-
-def test_spacing_is_measured_along_the_slice_normal() -> None:
-    sagittal = [(-k * 1.2, 5.0, 7.0) for k in range(6)]  # normal of SAGITTAL is -x
-    assert is_geometry_complete(sagittal, SAGITTAL, 6)
-    assert not is_geometry_complete(sagittal, AXIAL, 6)  # all at one depth along z
-
-
-def test_small_rounding_is_tolerated_but_uneven_spacing_is_not() -> None:
-    rounded = [(0.0, 0.0, round(k * 1.333333, 3)) for k in range(12)]
-    assert is_geometry_complete(rounded, AXIAL, None)
-    uneven = [*stack(5), (0.0, 0.0, 5 * 1.5 + 0.3)]
-    assert not is_geometry_complete(uneven, AXIAL, None)
-
-
-def test_degenerate_input_is_incomplete() -> None:
-    assert not is_geometry_complete([], AXIAL, None)
-    assert not is_geometry_complete(stack(3), (1.0, 0.0, 0.0, 1.0, 0.0, 0.0), None)
-    assert not is_geometry_complete(stack(3), AXIAL[:5], None)
-    assert not is_geometry_complete([(0.0, 0.0, 1.0)] * 4, AXIAL, None)  # stacked duplicates
-    assert not is_geometry_complete([(0.0, 0.0, float("nan")), (0.0, 0.0, 1.0)], AXIAL, None)
-
-
-def test_single_slice() -> None:
-    assert is_geometry_complete(stack(1), AXIAL, None)
-    assert is_geometry_complete(stack(1), AXIAL, 1)
-    assert not is_geometry_complete(stack(1), AXIAL, 2)
+# -- series_is_complete (the stack checks themselves are in tests/dicom/test_geometry.py) -------
 
 
 def test_series_geometry_checks() -> None:

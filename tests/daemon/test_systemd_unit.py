@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bonect.daemon.cli import EXIT_CONFIG, build_parser
+from bonect.cli_boundary import EXIT_CONFIG
+from bonect.daemon.cli import build_parser
 from systemd_units import settings, verify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,3 +64,20 @@ def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
     code, stderr, complaints = verify([unit])
     assert code == 0, stderr
     assert complaints == []  # an unknown or misspelt key is only a warning: refuse it too
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_units_exposure_is_at_most_3() -> None:
+    # what a hospital's security officer runs on the unit; 3.3 before the system-call filter
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found is not None, result.stdout[-500:] + result.stderr[-500:]
+    assert float(found.group(1)) <= 3.0
+    service = settings(UNIT.read_text(encoding="utf-8"))["Service"]
+    assert service["UMask"] == ["0077"]  # archive and catalog readable by the service user only

@@ -8,6 +8,9 @@ through a read-only SQLite connection (:class:`CatalogView`), its operator comma
 Waiting on those external processes is a bounded poll (:func:`wait_for`), never a bare sleep.
 Phantom series are made once per session; :func:`copy_series` derives further series from one
 (new UIDs, edited headers) without rendering again.
+
+(Over 400 lines: the daemon, Orthanc and catalog-view fixtures every e2e module imports;
+each is a small class, kept in the conftest so pytest finds the fixtures without plugins.)
 """
 
 from __future__ import annotations

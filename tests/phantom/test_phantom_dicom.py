@@ -14,8 +14,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
-from bonect.converter.dicom_writer import MANUFACTURER
 from bonect.converter.volume import Volume
+from bonect.dicom.provenance import MANUFACTURER
 from bonect.phantom.dicom import (
     PHANTOM_MANUFACTURER,
     PatientInfo,

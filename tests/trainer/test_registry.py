@@ -1,4 +1,4 @@
-"""The registry as the trainer sees it: publish, promote, roll back; the pointer follows."""
+"""Publishing trained models into the registry, then promoting and rolling them back."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from bonect.converter.model_folder import Manifest, load_model, promoted_model
-from bonect.converter.models import LightUNet
-from bonect.trainer.registry import (
+from bonect.converter.model_folder import WEIGHTS, load_model
+from bonect.converter.networks import LightUNet
+from bonect.registry import (
+    Manifest,
     RegistryError,
     promote,
+    promoted_model,
     promotion_history,
-    publish,
     rollback,
     versions,
 )
+from bonect.trainer.registry import publish
 
 
 def _manifest(name: str, created: str) -> Manifest:
@@ -44,19 +46,19 @@ def test_publish_promote_and_roll_back(tmp_path: Path) -> None:
     promote(registry, "m2", reason="better on local patients")
     assert promoted_model(registry) == registry / "m2"
     assert [v.name for v in versions(registry) if v.promoted] == ["m2"]
-    assert [e["promoted"] for e in promotion_history(registry)] == ["m1", "m2"]
+    assert [e.promoted for e in promotion_history(registry)] == ["m1", "m2"]
 
     assert rollback(registry) == "m1"
     assert promoted_model(registry) == registry / "m1"
-    assert promotion_history(registry)[-1]["reason"] == "roll back from m2"
+    assert promotion_history(registry)[-1].reason == "roll back from m2"
 
 
-def test_promoting_an_unknown_version_names_the_known_ones(tmp_path: Path) -> None:
+def test_publishing_never_overwrites_nor_promotes(tmp_path: Path) -> None:
     registry = tmp_path / "models"
     registry.mkdir()
     publish(registry, "m1", _manifest("m1", ""), LightUNet(base_filters=4, levels=3))
-    with pytest.raises(RegistryError, match=r"no model version 'm9' .*\(versions: m1\)"):
-        promote(registry, "m9", reason="")
     with pytest.raises(RegistryError, match="exists already"):
         publish(registry, "m1", _manifest("m1", ""), LightUNet(base_filters=4, levels=3))
+    assert (registry / "m1" / WEIGHTS).is_file()
+    assert not any(p.name.startswith(".") for p in registry.iterdir())  # no partial left
     assert not (registry / "promoted").exists()

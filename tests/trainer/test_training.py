@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from bonect.converter.model_folder import load_model, save_model
-from bonect.converter.models import build_model
+from bonect.converter.networks import build_model
 from bonect.converter.volume import write_nifti
 from bonect.phantom.generate import Acquisition, generate_case
-from bonect.trainer.augmentation import augment
+from bonect.trainer.batch_augmentation import augment
 from bonect.trainer.cache import (
     HU_MAX,
     HU_MIN,

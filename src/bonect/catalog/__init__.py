@@ -5,43 +5,43 @@ It is the only hand-off between the daemon's stages (DESIGN.md). Open it with
 """
 
 from bonect.catalog.engine import catalog_url, open_engine
-from bonect.catalog.header import HeaderError, header_from_dataset
 from bonect.catalog.ingest import Settled
 from bonect.catalog.jobs import LEGAL_TRANSITIONS, IllegalTransition, JobState, transition
-from bonect.catalog.models import Role, SendStatus, SettleState
-from bonect.catalog.queue import Catalog, ClaimLost, UnknownJob
+from bonect.catalog.queue import Catalog, CatalogUnavailable, ClaimLost, UnknownJob
 from bonect.catalog.records import (
     InstanceHeader,
     InstanceRecord,
     JobRecord,
-    ModelVersionRecord,
+    JobTimeline,
     SendRecord,
+    SeriesFiles,
     SeriesGeometry,
     SeriesRecord,
     patient_key,
 )
+from bonect.catalog.tables import Role, SendStatus, SettleState
 
 __all__ = [
     "LEGAL_TRANSITIONS",
     "Catalog",
+    "CatalogUnavailable",
     "ClaimLost",
-    "HeaderError",
     "IllegalTransition",
     "InstanceHeader",
     "InstanceRecord",
     "JobRecord",
     "JobState",
-    "ModelVersionRecord",
+    "JobTimeline",
     "Role",
     "SendRecord",
     "SendStatus",
+    "SeriesFiles",
     "SeriesGeometry",
     "SeriesRecord",
     "SettleState",
     "Settled",
     "UnknownJob",
     "catalog_url",
-    "header_from_dataset",
     "open_engine",
     "patient_key",
     "transition",

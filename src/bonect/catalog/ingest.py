@@ -4,7 +4,8 @@ Functions here take an open :class:`~sqlalchemy.orm.Session` inside a write tran
 never commit; :class:`bonect.catalog.queue.Catalog` owns the transactions. Counters are bumped
 with SQL expressions (``n = n + 1``), so concurrent writers on PostgreSQL never lose a count,
 and settling is optimistic: a series is only settled if no instance arrived since it was read
-(its ``revision`` is unchanged).
+(its ``revision`` is unchanged). A series settled for conversion is queued by
+:func:`bonect.catalog.lifecycle.enqueue`, where the life of a job is.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
 
-from bonect.catalog.jobs import JobState, sources_of, transition
-from bonect.catalog.models import Instance, Job, Role, Series, SettleState, Study, UTCDateTime
+from bonect.catalog.lifecycle import enqueue
 from bonect.catalog.records import (
     InstanceHeader,
     InstanceRecord,
@@ -44,7 +44,8 @@ from bonect.catalog.records import (
     join_floats,
     split_floats,
 )
-from bonect.errors import BonectError
+from bonect.catalog.tables import Instance, Role, Series, SettleState, Study, UTCDateTime
+from bonect.errors import RetryableError
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Settled:
     job_id: int | None
 
 
-class StaleSeriesId(BonectError):
+class StaleSeriesId(RetryableError):
     """A cached series id no longer names the series (its row was deleted or replaced).
 
     Raised inside the write transaction, which then rolls back; the caller forgets the id
@@ -320,66 +321,6 @@ def series_geometry(session: Session, series_uid: str) -> SeriesGeometry | None:
         frames=tuple(max(1, frames or 1) for _, _, frames in rows),
         expected_count=series.expected_count,
     )
-
-
-def supersede_older(session: Session, job: Job, now: datetime) -> int:
-    """End the unfinished jobs of an earlier generation of ``job``'s series; returns how many.
-
-    Their output, if any, predates instances the newer job converts; a ``done`` job stays done
-    (the newer job withdraws its output once its own is stored). One conditional ``UPDATE``,
-    so that on PostgreSQL a job a worker claims meanwhile is left alone.
-    """
-    result = session.execute(
-        update(Job)
-        .where(
-            Job.series_id == job.series_id,
-            Job.generation < job.generation,
-            Job.state.in_(sources_of(JobState.SUPERSEDED)),
-        )
-        .values(
-            state=JobState.SUPERSEDED,
-            updated_at=now,
-            finished_at=None,
-            last_error=f"superseded by job {job.id} (generation {job.generation})",
-        )
-        .execution_options(synchronize_session=False)
-    )
-    count = int(getattr(result, "rowcount", 0) or 0)
-    if count:
-        logger.info("job %d supersedes %d unfinished earlier job(s)", job.id, count)
-    return count
-
-
-def enqueue(session: Session, series: Series, now: datetime) -> int:
-    """Queue a conversion of ``series``: reuse its latest job while that has produced nothing,
-    else start a new generation (which supersedes the unfinished earlier ones)."""
-    jobs = session.scalars(
-        select(Job).where(Job.series_id == series.id).order_by(Job.id.desc()).with_for_update()
-    ).all()
-    latest = jobs[0] if jobs else None
-    if latest is not None and latest.output_dir is None and latest.output_series_uid is None:
-        if latest.state == JobState.QUEUED:
-            return latest.id
-        if latest.state == JobState.RETRY_WAIT:
-            transition(latest, JobState.QUEUED, now=now)
-            latest.not_before = now
-            return latest.id
-    job = Job(
-        series_id=series.id,
-        state=JobState.QUEUED,
-        generation=max((j.generation for j in jobs), default=0) + 1,
-        attempts=0,
-        not_before=now,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(job)
-    session.flush()
-    logger.info(
-        "job %d queued for series %s (generation %d)", job.id, series.series_uid, job.generation
-    )
-    supersede_older(session, job, now)
-    return job.id
 
 
 def settle_series(

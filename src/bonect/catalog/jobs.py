@@ -23,7 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from bonect.errors import BonectError
+from bonect.errors import PermanentError
 
 
 class JobState(StrEnum):
@@ -73,7 +73,7 @@ LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-class IllegalTransition(BonectError):
+class IllegalTransition(PermanentError):
     """A job was asked to move between two states the state machine does not connect."""
 
     def __init__(self, job_id: int | None, current: JobState, new: JobState) -> None:

@@ -1,13 +1,12 @@
 """What goes into the catalog and what comes out: plain frozen records, never live ORM rows.
 
-:class:`InstanceHeader` is what the SCP (or the drop folder) knows of one received instance;
-the ``*Record`` classes are snapshots the catalog returns, safe to keep after the session that
-read them is closed and to hand between threads.
+:class:`InstanceHeader` (from :mod:`bonect.dicom.header`, re-exported here) is what the receive
+path knows of one received instance; the ``*Record`` classes are snapshots the catalog returns,
+safe to keep after the session that read them is closed and to hand between threads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,15 +14,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bonect.catalog.jobs import JobState
-from bonect.catalog.models import Job, Role, Send, SendStatus, Series, SettleState
-
-Vector3 = tuple[float, float, float]
-Orientation = tuple[float, float, float, float, float, float]
-
-
-def patient_key(patient_id: str, issuer_of_patient_id: str = "") -> str:
-    """The pseudonymous key of a patient: SHA-256 (hex) of ``issuer \\ PatientID``."""
-    return hashlib.sha256(f"{issuer_of_patient_id}\\{patient_id}".encode()).hexdigest()
+from bonect.catalog.tables import Job, Role, Send, SendStatus, Series, SettleState
+from bonect.dicom.geometry import Orientation as Orientation
+from bonect.dicom.geometry import Vector3 as Vector3
+from bonect.dicom.header import InstanceHeader as InstanceHeader  # re-exported
+from bonect.dicom.header import patient_key as patient_key
 
 
 def join_floats(values: Sequence[float] | None) -> str | None:
@@ -39,45 +34,6 @@ def split_floats(text: str | None) -> tuple[float, ...] | None:
         return tuple(float(part) for part in text.split("\\"))
     except ValueError:
         return None
-
-
-@dataclass(frozen=True)
-class InstanceHeader:
-    """The header fields of one received instance that the catalog keeps.
-
-    ``patient_id`` is kept for pairing and hashed into the patient key; it is never logged.
-    """
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_uid: str
-    series_uid: str
-    modality: str = ""
-    patient_id: str = field(default="", repr=False)
-    issuer_of_patient_id: str = field(default="", repr=False)
-    study_date: str = ""
-    series_description: str = ""
-    protocol_name: str = ""
-    sequence_name: str = ""
-    image_type: tuple[str, ...] = ()
-    manufacturer: str = ""
-    frame_of_reference_uid: str = ""
-    instance_number: int | None = None
-    image_position: Vector3 | None = None
-    image_orientation: Orientation | None = None
-    images_in_acquisition: int | None = None
-    number_of_frames: int | None = None
-
-    @property
-    def patient_key(self) -> str:
-        return patient_key(self.patient_id, self.issuer_of_patient_id)
-
-    @property
-    def expected_count(self) -> int | None:
-        """How many slices (frames) the series should have, when the header says so."""
-        if self.number_of_frames is not None and self.number_of_frames > 1:
-            return self.number_of_frames
-        return self.images_in_acquisition
 
 
 @dataclass(frozen=True)
@@ -241,10 +197,74 @@ class SendRecord:
 
 
 @dataclass(frozen=True)
-class ModelVersionRecord:
-    """A model version known to the catalog."""
+class JobTimeline:
+    """When things happened to one job and its series, for per-stage timings."""
 
-    name: str
-    version: str
-    folder: Path
-    promoted_at: datetime | None
+    job_id: int
+    series_uid: str
+    attempts: int
+    model_version: str | None
+    first_received_at: datetime
+    last_received_at: datetime
+    released_at: datetime | None
+    created_at: datetime
+    claimed_at: datetime | None
+    finished_at: datetime | None
+    timings: dict[str, float] = field(default_factory=dict)
+    generation: int = 1
+
+    @classmethod
+    def from_rows(cls, job: Job, series: Series) -> JobTimeline:
+        timings = json.loads(job.timings) if job.timings else {}
+        return cls(
+            job_id=job.id,
+            series_uid=series.series_uid,
+            attempts=job.attempts,
+            model_version=job.model_version,
+            generation=job.generation,
+            first_received_at=series.first_received_at,
+            last_received_at=series.last_received_at,
+            released_at=series.association_released_at,
+            created_at=job.created_at,
+            claimed_at=job.claimed_at,
+            finished_at=job.finished_at,
+            timings={str(k): float(v) for k, v in timings.items()},
+        )
+
+    def stages(self) -> list[tuple[str, float]]:
+        """Seconds per stage, in order: receive, settle wait, queue wait, the worker's stages
+        (read, convert, write, send) and the total from the series' completion to done.
+
+        The settle wait counts from the association's release when there was one, else from
+        the last instance received (the quiet timer's start).
+        """
+        start = self.last_received_at
+        if self.released_at is not None and self.released_at >= self.last_received_at:
+            start = self.released_at
+        stages = [("receive", _seconds(self.first_received_at, self.last_received_at))]
+        stages.append(("settle wait", _seconds(start, self.created_at)))
+        if self.claimed_at is not None:
+            stages.append(("queue wait", _seconds(self.created_at, self.claimed_at)))
+        stages.extend(self.timings.items())
+        if self.finished_at is not None:
+            label = "release to done" if start == self.released_at else "last instance to done"
+            stages.append((label, _seconds(start, self.finished_at)))
+        return stages
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return max(0.0, (end - start).total_seconds())
+
+
+@dataclass(frozen=True)
+class SeriesFiles:
+    """A settled series and the archived files of its instances (for the trainer's pairing)."""
+
+    series_uid: str
+    role: Role | None
+    manufacturer: str
+    image_type: tuple[str, ...]
+    patient_key: str
+    study_date: str
+    revision: int
+    files: tuple[Path, ...]

@@ -1,4 +1,4 @@
-"""Sends and model versions in the catalog: one row per sCT instance per destination, and models.
+"""Sends in the catalog: one row per sCT instance per destination, planned before the first try.
 
 Sends are planned (one ``pending`` row per instance and destination) before the first attempt,
 so that a series half-sent when the process died resumes with exactly the instances not yet
@@ -17,8 +17,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from bonect.catalog.models import ModelVersion, Send, SendStatus
-from bonect.catalog.records import JobRef, ModelVersionRecord, SendRecord, job_id_of
+from bonect.catalog.records import JobRef, SendRecord, job_id_of
+from bonect.catalog.tables import Send, SendStatus
 
 logger = logging.getLogger(__name__)
 
@@ -114,37 +114,8 @@ def list_sends(session: Session, job_id: int, *, pending_only: bool) -> list[Sen
     return [SendRecord.from_row(row) for row in session.scalars(query)]
 
 
-def record_model_version(
-    session: Session, *, name: str, version: str, folder: Path, promoted_at: datetime | None
-) -> ModelVersionRecord:
-    """Add a model version, or update the folder and promotion time of a known one."""
-    row = session.scalar(
-        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
-    )
-    if row is None:
-        row = ModelVersion(name=name, version=version)
-        session.add(row)
-    row.folder = str(folder)
-    row.promoted_at = promoted_at
-    session.flush()
-    return ModelVersionRecord(name, version, Path(row.folder), row.promoted_at)
-
-
-def current_model_version(session: Session) -> ModelVersionRecord | None:
-    """The model version promoted last, or None when none was ever promoted."""
-    row = session.scalar(
-        select(ModelVersion)
-        .where(ModelVersion.promoted_at.is_not(None))
-        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
-        .limit(1)
-    )
-    if row is None:
-        return None
-    return ModelVersionRecord(row.name, row.version, Path(row.folder), row.promoted_at)
-
-
 class SendLedger:
-    """The send and model-version methods of :class:`~bonect.catalog.queue.Catalog`."""
+    """The send methods of :class:`~bonect.catalog.queue.Catalog`."""
 
     _read: sessionmaker[Session]
     _write: sessionmaker[Session]
@@ -196,17 +167,3 @@ class SendLedger:
         """Every send of a job, whatever its status."""
         with self._read() as session:
             return list_sends(session, job_id_of(job), pending_only=False)
-
-    def record_model_version(
-        self, *, name: str, version: str, folder: Path, promoted_at: datetime | None
-    ) -> ModelVersionRecord:
-        """Add or update a model version (``promoted_at`` None: known but not promoted)."""
-        with self._write.begin() as session:
-            return record_model_version(
-                session, name=name, version=version, folder=folder, promoted_at=promoted_at
-            )
-
-    def current_model_version(self) -> ModelVersionRecord | None:
-        """The model version promoted last, or None."""
-        with self._read() as session:
-            return current_model_version(session)

@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from bonect.converter.preprocess import head_mask, normalise
 from bonect.converter.volume import Volume
+from bonect.hounsfield import AIR_HU
 
 logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -32,7 +33,7 @@ class ClassicalParameters:
     slope: float = -2085.0
     intercept: float = 2329.0
     soft_tissue_hu: float = 42.0
-    air_hu: float = -1000.0
+    air_hu: float = AIR_HU
     rim_mm: float = 3.0
     n4_shrink: int = 4
     n4_iterations: int = 20
@@ -42,12 +43,20 @@ PETRA = ClassicalParameters(slope=-2929.6, intercept=3274.9)
 
 
 def bias_correct(mr: Volume, mask: npt.NDArray[np.bool_], *, shrink: int, iterations: int) -> F32:
-    """N4 bias-field correction on a shrunk image; the field is applied at full resolution."""
-    image = sitk.GetImageFromArray(np.asarray(mr.array, dtype=np.float32))
+    """N4 bias-field correction on a shrunk image; the field is applied at full resolution.
+
+    Each axis is shrunk by ``shrink`` at most, and never below two voxels (N4 fits its field
+    on at least two); a volume one voxel thick along an axis has no field to fit and is
+    returned as it is.
+    """
+    data = np.asarray(mr.array, dtype=np.float32)
+    if min(data.shape) < 2:
+        return data
+    image = sitk.GetImageFromArray(data)
     image.SetSpacing(tuple(float(s) for s in reversed(mr.spacing)))
     mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
     mask_image.CopyInformation(image)
-    factor = [shrink] * 3
+    factor = [max(1, min(shrink, size // 2)) for size in image.GetSize()]
     small = sitk.Shrink(image, factor)
     small_mask = sitk.Shrink(mask_image, factor)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()

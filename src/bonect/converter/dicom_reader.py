@@ -1,4 +1,4 @@
-"""Reading one MR series from DICOM (classic or Enhanced MR, any orientation) into an MRSeries.
+"""Reading one MR series from DICOM (classic or Enhanced MR, any orientation) into an ImageSeries.
 
 The three entry points differ only in where the instances come from (a folder, a list of files,
 datasets in memory). Every problem that makes the input unusable (not DICOM, truncated, not an
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,24 +23,26 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from bonect.converter.series import MRSeries, SourceImage
-from bonect.converter.volume import Volume, affine_from_dicom
+from bonect.converter.series import ImageSeries, SourceImage
+from bonect.converter.volume import Volume
+from bonect.dicom.geometry import (
+    PIXEL_SPACING_TOLERANCE,
+    check_stack,
+    distinct,
+    fmt,
+    frame_geometry,
+    functional_group,
+    has_functional_groups,
+    stack_affine,
+)
 from bonect.errors import SeriesError
 
 logger = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
 
-# Tolerances of the geometry checks.
-_ORIENTATION_TOL = 1e-3  # largest difference between direction cosines of one series
-_PIXEL_SPACING_TOL = 1e-3  # mm
-_DUPLICATE_TOL = 1e-2  # mm along the normal: closer slices are duplicates
-_GAP_FACTOR = 1.5  # a step larger than this × the median step means missing slices
-_GRID_TOL = 0.1  # largest distance of a slice from the regular grid, as a fraction of the step
-
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
 _PER_FRAME_TAG = 0x52009230  # PerFrameFunctionalGroupsSequence
-_SHARED_TAG = 0x52009229  # SharedFunctionalGroupsSequence
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,16 @@ class _Frame:
     dataset: Dataset
     label: str  # file name or instance UID, for messages
     index: int | None  # 0-based frame index in a multi-frame dataset
-    position: F64
-    orientation: F64
-    pixel_spacing: F64
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, float]
     rows: int
     columns: int
     slope: float
     intercept: float
 
 
-def read_mr_folder(folder: Path) -> MRSeries:
+def read_mr_folder(folder: Path) -> ImageSeries:
     """Read the one MR series held by the files under ``folder`` (recursively).
 
     ``DICOMDIR`` files and hidden files or folders (names starting with ``.``) are skipped; every
@@ -72,7 +74,7 @@ def read_mr_folder(folder: Path) -> MRSeries:
 
     Returns
     -------
-    MRSeries
+    ImageSeries
         The checked volume, its header and one source image per slice.
 
     Raises
@@ -94,7 +96,7 @@ def read_mr_folder(folder: Path) -> MRSeries:
     return read_mr_files(paths)
 
 
-def read_mr_files(paths: Sequence[Path]) -> MRSeries:
+def read_mr_files(paths: Sequence[Path]) -> ImageSeries:
     """Read one MR series from the given DICOM files (in any order).
 
     Raises
@@ -107,7 +109,7 @@ def read_mr_files(paths: Sequence[Path]) -> MRSeries:
     return read_series_files(paths, modality="MR")
 
 
-def read_series_files(paths: Sequence[Path], *, modality: str) -> MRSeries:
+def read_series_files(paths: Sequence[Path], *, modality: str) -> ImageSeries:
     """Read one series of the given modality (``MR``, or ``CT`` for the trainer) from files.
 
     The checks are those of :func:`read_mr_files`; only the modality differs.
@@ -117,7 +119,7 @@ def read_series_files(paths: Sequence[Path], *, modality: str) -> MRSeries:
     return read_series_datasets([_read_file(path) for path in paths], modality=modality)
 
 
-def read_mr_datasets(datasets: Sequence[Dataset]) -> MRSeries:
+def read_mr_datasets(datasets: Sequence[Dataset]) -> ImageSeries:
     """Read one MR series from datasets already in memory (in any order).
 
     Slices are sorted along the slice normal (row cosine × column cosine); the volume is float32
@@ -131,7 +133,7 @@ def read_mr_datasets(datasets: Sequence[Dataset]) -> MRSeries:
     return read_series_datasets(datasets, modality="MR")
 
 
-def read_series_datasets(datasets: Sequence[Dataset], *, modality: str) -> MRSeries:
+def read_series_datasets(datasets: Sequence[Dataset], *, modality: str) -> ImageSeries:
     """Read one series of the given modality from datasets in memory; see :func:`read_mr_files`."""
     if not datasets:
         raise SeriesError("no DICOM datasets in input")
@@ -145,14 +147,14 @@ def read_series_datasets(datasets: Sequence[Dataset], *, modality: str) -> MRSer
         raise SeriesError(f"malformed or missing DICOM attribute ({_one_line(exc)})") from exc
 
 
-def _read_series(datasets: Sequence[Dataset], modality: str) -> MRSeries:
+def _read_series(datasets: Sequence[Dataset], modality: str) -> ImageSeries:
     for ds in datasets:
         _check_complete(ds)
     uid = _single_series_uid(datasets)
     for ds in datasets:
         _check_image(ds, uid)
     _check_modality(datasets, uid, modality)
-    enhanced = [_is_enhanced(ds) for ds in datasets]
+    enhanced = [has_functional_groups(ds) for ds in datasets]
     if any(enhanced) and not all(enhanced):
         raise SeriesError(
             f"series mixes single-frame and Enhanced (multi-frame) MR instances (series {uid})",
@@ -164,10 +166,8 @@ def _read_series(datasets: Sequence[Dataset], modality: str) -> MRSeries:
             f"{len(frames)} slice(s) in series; a volume needs at least 2 (series {uid})",
             series_uid=uid,
         )
-    _check_consistent(frames, uid)
-    frames, step = _sort_and_check_positions(frames, uid)
+    frames, affine = _check_geometry(frames, uid)
     first = frames[0]
-    affine = affine_from_dicom(first.position, first.orientation, first.pixel_spacing, step)
     volume = Volume(_pixels(frames, uid), affine)
     sources = tuple(
         SourceImage(
@@ -186,7 +186,7 @@ def _read_series(datasets: Sequence[Dataset], modality: str) -> MRSeries:
         volume.shape[2],
         *volume.spacing,
     )
-    return MRSeries(volume=volume, header=_header(first.dataset), sources=sources)
+    return ImageSeries(volume=volume, header=_header(first.dataset), sources=sources)
 
 
 def _read_file(path: Path) -> Dataset:
@@ -270,27 +270,6 @@ def _check_modality(datasets: Sequence[Dataset], uid: str, modality: str) -> Non
         )
 
 
-def _is_enhanced(ds: Dataset) -> bool:
-    return _PER_FRAME_TAG in ds or _SHARED_TAG in ds
-
-
-def _vector(item: Dataset | None, keyword: str, n: int, label: str, uid: str) -> F64:
-    """A required multi-valued DS attribute of ``item`` as ``n`` finite floats."""
-    if item is None or keyword not in item:
-        raise SeriesError(f"{label}: no {keyword} (series {uid})", series_uid=uid)
-    try:
-        value = item[keyword].value
-        values = [] if value is None or value == "" else value
-        arr = np.asarray([float(v) for v in values], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise SeriesError(f"{label}: invalid {keyword} (series {uid})", series_uid=uid) from exc
-    if arr.size == 0:
-        raise SeriesError(f"{label}: no {keyword} (series {uid})", series_uid=uid)
-    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise SeriesError(f"{label}: invalid {keyword} {_fmt(arr)} (series {uid})", series_uid=uid)
-    return arr
-
-
 def _frames_of(ds: Dataset, uid: str) -> list[_Frame]:
     label = _label(ds)
     try:
@@ -298,76 +277,31 @@ def _frames_of(ds: Dataset, uid: str) -> list[_Frame]:
     except (AttributeError, TypeError, ValueError) as exc:
         raise SeriesError(f"{label}: no valid Rows/Columns (series {uid})", series_uid=uid) from exc
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if not _is_enhanced(ds):
-        if n_frames != 1:
-            raise SeriesError(
-                f"{label}: multi-frame image without functional groups (series {uid})",
-                series_uid=uid,
-            )
-        return [_frame(ds, label, None, (ds, ds, ds, ds), rows, columns, uid)]
-    per_frame = list(ds.get("PerFrameFunctionalGroupsSequence", []))
-    shared_seq = ds.get("SharedFunctionalGroupsSequence", [])
-    shared = shared_seq[0] if len(shared_seq) else None
-    if len(per_frame) != n_frames:
+    enhanced = has_functional_groups(ds)
+    if not enhanced and n_frames != 1:
         raise SeriesError(
-            f"{label}: {len(per_frame)} per-frame functional groups for {n_frames} frames "
+            f"{label}: multi-frame image without functional groups (series {uid})",
+            series_uid=uid,
+        )
+    per_frame = len(ds.get("PerFrameFunctionalGroupsSequence", []))
+    if enhanced and per_frame != n_frames:
+        raise SeriesError(
+            f"{label}: {per_frame} per-frame functional groups for {n_frames} frames "
             f"(series {uid})",
             series_uid=uid,
         )
     frames = []
-    for index, item in enumerate(per_frame):
-        transform = _group(item, shared, "PixelValueTransformationSequence")
-        items = (
-            _group(item, shared, "PlanePositionSequence"),
-            _group(item, shared, "PlaneOrientationSequence"),
-            _group(item, shared, "PixelMeasuresSequence"),
-            transform if transform is not None else ds,
-        )
-        where = f"{label} frame {index + 1}"
-        frames.append(_frame(ds, where, index, items, rows, columns, uid))
+    for index, plane in enumerate(frame_geometry(ds)):
+        where = f"{label} frame {index + 1}" if enhanced else label
+        position, orientation, spacing = plane.position, plane.orientation, plane.pixel_spacing
+        if plane.problem or position is None or orientation is None or spacing is None:
+            raise SeriesError(f"{where}: {plane.problem} (series {uid})", series_uid=uid)
+        transform = functional_group(ds, index, "PixelValueTransformationSequence")
+        rescale = _rescale(ds if transform is None else transform)
+        frame_index = index if enhanced else None
+        geometry = (position, orientation, spacing, rows, columns)
+        frames.append(_Frame(ds, where, frame_index, *geometry, *rescale))
     return frames
-
-
-def _frame(
-    ds: Dataset,
-    label: str,
-    index: int | None,
-    items: tuple[Dataset | None, Dataset | None, Dataset | None, Dataset],
-    rows: int,
-    columns: int,
-    uid: str,
-) -> _Frame:
-    """Build a frame from the items holding its position, orientation, spacing and rescale."""
-    plane, orientation, measures, transform = items
-    iop = _vector(orientation, "ImageOrientationPatient", 6, label, uid)
-    row, col = iop[:3], iop[3:]
-    errors = (np.linalg.norm(row) - 1, np.linalg.norm(col) - 1, row @ col)
-    if max(abs(float(e)) for e in errors) > 1e-2:
-        raise SeriesError(
-            f"{label}: invalid ImageOrientationPatient {_fmt(iop)} (series {uid})", series_uid=uid
-        )
-    slope, intercept = _rescale(transform)
-    return _Frame(
-        dataset=ds,
-        label=label,
-        index=index,
-        position=_vector(plane, "ImagePositionPatient", 3, label, uid),
-        orientation=iop,
-        pixel_spacing=_vector(measures, "PixelSpacing", 2, label, uid),
-        rows=rows,
-        columns=columns,
-        slope=slope,
-        intercept=intercept,
-    )
-
-
-def _group(item: Dataset, shared: Dataset | None, keyword: str) -> Dataset | None:
-    """The first item of a functional group macro, per-frame first, then shared."""
-    for source in (item, shared):
-        if source is not None and keyword in source and len(source[keyword].value):
-            first: Dataset = source[keyword].value[0]
-            return first
-    return None
 
 
 def _rescale(item: Dataset) -> tuple[float, float]:
@@ -379,89 +313,31 @@ def _rescale(item: Dataset) -> tuple[float, float]:
     )
 
 
-def _distinct(values: Iterable[F64], tol: float) -> list[F64]:
-    found: list[F64] = []
-    for v in values:
-        if not any(np.max(np.abs(v - f)) <= tol for f in found):
-            found.append(v)
-    return found
+def _check_geometry(frames: Sequence[_Frame], uid: str) -> tuple[list[_Frame], F64]:
+    """Judge the stack (:func:`bonect.dicom.geometry.check_stack`) and the in-plane grid.
 
-
-def _fmt(values: F64) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-
-def _check_consistent(frames: Sequence[_Frame], uid: str) -> None:
-    orientations = _distinct((f.orientation for f in frames), _ORIENTATION_TOL)
-    if len(orientations) > 1:
-        raise SeriesError(
-            f"mixed orientations: {len(orientations)} different ImageOrientationPatient values, "
-            f"e.g. {_fmt(orientations[0])} and {_fmt(orientations[1])} (series {uid})",
-            series_uid=uid,
-        )
+    Returns the frames sorted along the slice normal and the volume affine.
+    """
+    verdict = check_stack([f.position for f in frames], [f.orientation for f in frames])
+    if not verdict.valid:
+        where = "" if verdict.slice_index is None else f"{frames[verdict.slice_index].label}: "
+        raise SeriesError(f"{where}{verdict.message} (series {uid})", series_uid=uid)
     sizes = sorted({(f.rows, f.columns) for f in frames})
     if len(sizes) > 1:
         listed = " and ".join(f"{r}x{c}" for r, c in sizes[:2])
         raise SeriesError(
             f"mixed rows/columns: images of {listed} pixels (series {uid})", series_uid=uid
         )
-    spacings = _distinct((f.pixel_spacing for f in frames), _PIXEL_SPACING_TOL)
+    spacings = distinct([np.asarray(f.pixel_spacing) for f in frames], PIXEL_SPACING_TOLERANCE)
     if len(spacings) > 1:
         raise SeriesError(
-            f"mixed pixel spacing: {_fmt(spacings[0])} and {_fmt(spacings[1])} mm (series {uid})",
+            f"mixed pixel spacing: {fmt(spacings[0])} and {fmt(spacings[1])} mm (series {uid})",
             series_uid=uid,
         )
-
-
-def _sort_and_check_positions(frames: Sequence[_Frame], uid: str) -> tuple[list[_Frame], F64]:
-    """Sort frames along the normal; refuse duplicates, gaps and irregular steps.
-
-    Returns the sorted frames and the LPS step from one slice to the next.
-    """
-    iop = frames[0].orientation
-    normal = np.cross(iop[:3], iop[3:])
-    distances = np.array([f.position @ normal for f in frames])
-    order = np.argsort(distances, kind="stable")
-    ordered = [frames[i] for i in order]
-    d = distances[order]
-    steps = np.diff(d)
-
-    duplicate = steps <= _DUPLICATE_TOL
-    if np.any(duplicate):
-        where = d[1:][duplicate]
-        raise SeriesError(
-            f"duplicate slice positions: {int(duplicate.sum())} slices share a position with "
-            f"another, first at {where[0]:.2f} mm along the normal "
-            f"(several echoes, phases or stacks?) (series {uid})",
-            series_uid=uid,
-        )
-    median = float(np.median(steps))
-    gaps = np.flatnonzero(steps > _GAP_FACTOR * median)
-    if gaps.size:
-        missing = [max(1, round(steps[i] / median) - 1) for i in gaps]
-        places = ", ".join(
-            f"{m} between {d[i]:.2f} and {d[i + 1]:.2f} mm"
-            for m, i in zip(missing[:3], gaps[:3], strict=False)
-        )
-        more = f" and {gaps.size - 3} more gaps" if gaps.size > 3 else ""
-        raise SeriesError(
-            f"missing slices: about {sum(missing)} slices seem missing along the normal "
-            f"(spacing {median:.3g} mm): {places}{more} (series {uid})",
-            series_uid=uid,
-        )
-
-    first, last = ordered[0].position, ordered[-1].position
-    step = (last - first) / (len(ordered) - 1)
-    expected = first[None, :] + np.arange(len(ordered))[:, None] * step[None, :]
-    actual = np.array([f.position for f in ordered])
-    deviation = float(np.max(np.linalg.norm(actual - expected, axis=1)))
-    if deviation > _GRID_TOL * float(np.linalg.norm(step)):
-        raise SeriesError(
-            f"irregular slice spacing: steps from {steps.min():.3g} to {steps.max():.3g} mm, "
-            f"a slice lies {deviation:.3g} mm off the regular grid (series {uid})",
-            series_uid=uid,
-        )
-    return ordered, step
+    ordered = [frames[i] for i in verdict.order]
+    first = ordered[0]
+    affine = stack_affine(first.position, first.orientation, first.pixel_spacing, verdict.spacing)
+    return ordered, affine
 
 
 def _pixels(frames: Sequence[_Frame], uid: str) -> npt.NDArray[np.float32]:

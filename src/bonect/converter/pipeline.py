@@ -12,14 +12,15 @@ import torch
 
 from bonect.converter.classical import ClassicalParameters, classical_sct
 from bonect.converter.inference import pick_device, predict_cube
-from bonect.converter.model_folder import LoadedModel, load_model, promoted_model
+from bonect.converter.model_folder import LoadedModel, load_model
 from bonect.converter.preprocess import from_cube, prepare
 from bonect.converter.volume import Volume
 from bonect.errors import ModelError
+from bonect.hounsfield import AIR_HU, HU_RANGE
+from bonect.registry import promoted_model
 
 logger = logging.getLogger(__name__)
 
-HU_CLIP = (-1024.0, 3071.0)
 ALL_PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
 
@@ -103,9 +104,9 @@ def convert(
         device=device or pick_device("auto"),
         progress=progress,
     )
-    hu = from_cube(pred.hu, prepared.cube, mr, cval=-1000.0)
-    hu[~prepared.mask] = -1000.0
-    np.clip(hu, *HU_CLIP, out=hu)
+    hu = from_cube(pred.hu, prepared.cube, mr, cval=AIR_HU)
+    hu[~prepared.mask] = AIR_HU
+    np.clip(hu, *HU_RANGE, out=hu)
     spread_volume = None
     if pred.spread is not None and uncertainty:
         spread = from_cube(pred.spread, prepared.cube, mr, cval=0.0)

@@ -19,7 +19,7 @@ class SourceImage:
 
 
 @dataclass(frozen=True)
-class MRSeries:
+class ImageSeries:
     """An MR series read and checked: float32 volume, a header to copy from, one source per slice.
 
     ``header`` is the first instance's dataset without its pixel data: Patient, Study,

@@ -1,22 +1,26 @@
-"""The volume value object (voxels + affine to patient LPS mm) and NIfTI input/output.
+"""The volume value object (highdicom's ``Volume``: voxels + affine to LPS mm) and NIfTI I/O.
 
-Conventions, shared by every module of bonect:
+:class:`Volume` is ``highdicom.Volume`` with bonect's conventions fixed; its geometry (spacing,
+direction, position, with_array, ...) is highdicom's. Conventions, shared by every module of
+bonect:
 
-* ``Volume.array`` is indexed ``[slice, row, column]``.
+* ``Volume.array`` is indexed ``[slice, row, column]`` (always 3D, no channels).
 * ``Volume.affine`` maps the homogeneous index ``(slice, row, column, 1)`` to patient
   coordinates in millimetres, DICOM's LPS (x to the patient's left, y posterior, z superior).
   Column 0 is the step between slices (along the slice normal, ordered by increasing position),
   column 1 the step between rows (DICOM's column direction cosine × row spacing), column 2 the
   step between columns (row direction cosine × column spacing), column 3 the centre of the first
-  voxel (ImagePositionPatient of the first slice).
+  voxel (ImagePositionPatient of the first slice). The slice axis runs along row cosine ×
+  column cosine, so in highdicom's terms the affine is left-handed
+  (:func:`bonect.dicom.geometry.stack_affine` builds it from DICOM attributes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import highdicom
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
@@ -33,76 +37,50 @@ _SWAP_IJK = np.array(
 )
 
 
-@dataclass(frozen=True)
-class Volume:
-    """A 3D image on a regular grid placed in patient space."""
+class Volume(highdicom.Volume):
+    """A 3D image on a regular grid placed in patient space (``highdicom.Volume``, 3D, LPS).
 
-    array: npt.NDArray[Any]
-    affine: npt.NDArray[np.float64] = field(repr=False)
+    ``Volume(array, affine)`` builds one; every other highdicom argument keeps its default
+    (the patient coordinate system). The affine must be orthogonal (highdicom refuses others).
+    """
 
-    def __post_init__(self) -> None:
-        if self.array.ndim != 3:
-            raise ValueError(f"a volume needs a 3D array, got shape {self.array.shape}")
-        if self.affine.shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+    def __init__(
+        self,
+        array: npt.NDArray[Any],
+        affine: npt.NDArray[np.float64],
+        coordinate_system: str = "PATIENT",
+        frame_of_reference_uid: str | None = None,
+        channels: dict[Any, Any] | None = None,
+        from_reference_convention: str | None = None,
+    ) -> None:
+        if array.ndim != 3:
+            raise ValueError(f"a volume needs a 3D array, got shape {array.shape}")
+        if affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {affine.shape}")
+        super().__init__(
+            array=array,
+            affine=affine,
+            coordinate_system=coordinate_system,
+            frame_of_reference_uid=frame_of_reference_uid,
+            channels=channels or None,
+            from_reference_convention=from_reference_convention,
+        )
 
     @property
     def shape(self) -> tuple[int, int, int]:
         s = self.array.shape
         return (int(s[0]), int(s[1]), int(s[2]))
 
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along (slice, row, column)."""
-        n = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(n[0]), float(n[1]), float(n[2]))
-
-    @property
-    def direction(self) -> npt.NDArray[np.float64]:
-        """Unit vectors (columns) of the slice, row and column axes in LPS."""
-        return np.asarray(self.affine[:3, :3] / np.linalg.norm(self.affine[:3, :3], axis=0))
-
-    @property
-    def position(self) -> npt.NDArray[np.float64]:
-        """LPS position of the centre of voxel (0, 0, 0)."""
-        return self.affine[:3, 3].copy()
-
-    def with_array(self, array: npt.NDArray[Any]) -> Volume:
-        """The same grid with other voxel values (shape must match)."""
-        if array.shape != self.array.shape:
-            raise ValueError(f"shape {array.shape} does not match {self.array.shape}")
-        return Volume(array, self.affine)
-
     def slice_positions(self) -> npt.NDArray[np.float64]:
         """ImagePositionPatient of every slice, shape (n_slices, 3)."""
+        affine = self.affine
         k = np.arange(self.shape[0], dtype=np.float64)
-        return self.affine[:3, 3][None, :] + k[:, None] * self.affine[:3, 0][None, :]
+        return np.asarray(affine[:3, 3][None, :] + k[:, None] * affine[:3, 0][None, :])
 
     def index_to_patient(self, index: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Map (..., 3) voxel indices to (..., 3) LPS millimetres."""
-        return index @ self.affine[:3, :3].T + self.affine[:3, 3]
-
-
-def affine_from_dicom(
-    position: npt.ArrayLike,
-    orientation: npt.ArrayLike,
-    pixel_spacing: npt.ArrayLike,
-    slice_step: npt.ArrayLike,
-) -> npt.NDArray[np.float64]:
-    """Build a volume affine from DICOM plane attributes.
-
-    ``orientation`` is ImageOrientationPatient (row cosines, then column cosines),
-    ``pixel_spacing`` is PixelSpacing (row spacing, column spacing) and ``slice_step`` the
-    LPS vector from one slice's position to the next.
-    """
-    iop = np.asarray(orientation, dtype=np.float64)
-    spacing = np.asarray(pixel_spacing, dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, 0] = np.asarray(slice_step, dtype=np.float64)
-    affine[:3, 1] = iop[3:6] * spacing[0]
-    affine[:3, 2] = iop[0:3] * spacing[1]
-    affine[:3, 3] = np.asarray(position, dtype=np.float64)
-    return affine
+        """Map (..., 3) voxel indices to (..., 3) LPS millimetres (any leading shape)."""
+        affine = self.affine
+        return np.asarray(index @ affine[:3, :3].T + affine[:3, 3])
 
 
 def read_nifti(path: Path) -> Volume:
@@ -118,7 +96,10 @@ def read_nifti(path: Path) -> Volume:
         raise SeriesError(f"{path}: expected a 3D image, got shape {data.shape}")
     affine_ras = np.asarray(img.affine, dtype=np.float64)
     affine = _LPS_TO_RAS @ affine_ras @ _SWAP_IJK
-    return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
+    try:
+        return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
+    except ValueError as exc:  # highdicom refuses sheared (non-orthogonal) affines
+        raise SeriesError(f"{path}: unusable NIfTI geometry ({exc})") from exc
 
 
 def write_nifti(volume: Volume, path: Path) -> Path:

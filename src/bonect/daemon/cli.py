@@ -2,7 +2,8 @@
 
 ``start`` runs the node in the foreground; ``status``, ``jobs``, ``retry``, ``echo`` and
 ``check-config`` are what an operator runs beside it (they read and change the catalog, never
-the running process). Each command is a thin adapter over a function tests call directly.
+the running process). Each command is a thin adapter over a function tests call directly;
+what ``status`` and ``jobs`` print is composed in :mod:`bonect.daemon.status_report`.
 
 Exit codes: 0 success; 1 an error, or a destination that did not answer ``echo``; 70 an
 unexpected failure; 78 (EX_CONFIG) a bad configuration, on which systemd does not restart.
@@ -11,14 +12,12 @@ unexpected failure; 78 (EX_CONFIG) a bad configuration, on which systemd does no
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from bonect.catalog.queue import Catalog
 
 logger = logging.getLogger("bonect.daemon")
-EXIT_CONFIG = 78
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -79,6 +77,10 @@ def config_problems(config: Config) -> list[str]:
         value: Path | None = getattr(security, key)
         if value is not None and not os.access(value, os.R_OK):
             problems.append(f"security.{key}: {value} does not exist or is not readable")
+    for key in ("password_file", "tls_certificate", "tls_key"):  # [web], when it is on
+        value = getattr(config.web, key)
+        if config.web.enabled and value is not None and not os.access(value, os.R_OK):
+            problems.append(f"web.{key}: {value} does not exist or is not readable")
     if config.catalog.url:
         from sqlalchemy.exc import ArgumentError
 
@@ -94,7 +96,7 @@ def config_problems(config: Config) -> list[str]:
                 "install psycopg: pip install 'bonect[postgres]'"
             )
     if config.converter.model not in MODEL_KEYWORDS:
-        from bonect.converter.model_folder import read_manifest
+        from bonect.registry import read_manifest
 
         try:
             read_manifest(Path(config.converter.model))
@@ -138,189 +140,29 @@ def _open_catalog(config: Config) -> Catalog:
 # -- status ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JobTimeline:
-    """When things happened to one job and its series, for per-stage timings."""
-
-    job_id: int
-    series_uid: str
-    attempts: int
-    model_version: str | None
-    first_received_at: datetime
-    last_received_at: datetime
-    released_at: datetime | None
-    created_at: datetime
-    claimed_at: datetime | None
-    finished_at: datetime | None
-    timings: dict[str, float] = field(default_factory=dict)
-    generation: int = 1
-
-    def stages(self) -> list[tuple[str, float]]:
-        """Seconds per stage, in order: receive, settle wait, queue wait, the worker's stages
-        (read, convert, write, send) and the total from the series' completion to done.
-
-        The settle wait counts from the association's release when there was one, else from
-        the last instance received (the quiet timer's start).
-        """
-        start = self.last_received_at
-        if self.released_at is not None and self.released_at >= self.last_received_at:
-            start = self.released_at
-        stages = [("receive", _seconds(self.first_received_at, self.last_received_at))]
-        stages.append(("settle wait", _seconds(start, self.created_at)))
-        if self.claimed_at is not None:
-            stages.append(("queue wait", _seconds(self.created_at, self.claimed_at)))
-        stages.extend(self.timings.items())
-        if self.finished_at is not None:
-            label = "release to done" if start == self.released_at else "last instance to done"
-            stages.append((label, _seconds(start, self.finished_at)))
-        return stages
-
-
-def _seconds(start: datetime, end: datetime) -> float:
-    return max(0.0, (end - start).total_seconds())
-
-
-def last_done_timeline(catalog: Catalog) -> JobTimeline | None:
-    """The timeline of the job that finished last, or None when no job is done."""
-    from sqlalchemy import select
-
-    from bonect.catalog.models import Job, Series
-
-    query = (
-        select(Job, Series)
-        .join(Series, Job.series_id == Series.id)
-        .where(Job.state == JobState.DONE)
-        .order_by(Job.finished_at.desc(), Job.id.desc())
-        .limit(1)
-    )
-    with catalog.reading() as session:
-        row = session.execute(query).first()
-        if row is None:
-            return None
-        job, series = row.tuple()
-        return JobTimeline(
-            job_id=job.id,
-            series_uid=series.series_uid,
-            attempts=job.attempts,
-            model_version=job.model_version,
-            generation=job.generation,
-            first_received_at=series.first_received_at,
-            last_received_at=series.last_received_at,
-            released_at=series.association_released_at,
-            created_at=job.created_at,
-            claimed_at=job.claimed_at,
-            finished_at=job.finished_at,
-            timings=_timings(job.timings),
-        )
-
-
-def _timings(text: str | None) -> dict[str, float]:
-    return {str(k): float(v) for k, v in json.loads(text).items()} if text else {}
-
-
 def model_summary(config: Config) -> str:
     """The configured method, and with ``auto`` what the registry's pointer names.
 
-    The pointer and the manifest are read as plain files, without importing PyTorch (which
-    would take seconds): ``promoted`` names a folder holding ``manifest.json``.
+    Read through :mod:`bonect.registry`, which does not import PyTorch (that would take seconds).
     """
+    from bonect.registry import promoted_name, read_manifest
+
     spec = config.converter.model
     if spec != "auto":
         return spec
     registry = config.model_registry
-    try:
-        name = (registry / "promoted").read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        name = ""
-    if not name:
+    name = promoted_name(registry)
+    if name is None:
         return "auto: classical (no model promoted)"
     try:
-        manifest = json.loads((registry / name / "manifest.json").read_text(encoding="utf-8"))
-        label = f"{manifest['name']} {manifest['version']}"
-        clinical = manifest.get("clinical_use") is True
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        manifest = read_manifest(registry / name)
+    except BonectError as exc:
         return (
-            f"auto: promoted {name!r} is not a model folder ({type(exc).__name__}: {exc}); "
+            f"auto: promoted {name!r} is not a model folder ({exc}); "
             "the daemon keeps the model it had"
         )
-    return f"auto: {label} (folder {name}{'' if clinical else ', NOT FOR CLINICAL USE'})"
-
-
-def _local(at: datetime) -> str:
-    return at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def status_lines(config: Config, catalog: Catalog, now: datetime) -> list[str]:
-    """What ``bonect-daemon status`` prints: queue, model, timings of the last job, errors."""
-    from bonect.catalog.models import SendStatus, SettleState
-
-    counts = catalog.counts_by_state()
-    lines = ["jobs: " + ", ".join(f"{state.value} {n}" for state, n in counts.items())]
-    receiving = len(catalog.list_series(settle_state=SettleState.OPEN))
-    oldest = catalog.oldest_waiting_since()
-    waiting = "" if oldest is None else f", oldest waiting job {_seconds(oldest, now):.0f} s"
-    lines.append(f"series being received: {receiving}{waiting}")
-    lines.append(f"model: {model_summary(config)}")
-    last = last_done_timeline(catalog)
-    if last is not None:
-        used = f", {last.model_version}" if last.model_version else ""
-        retried = f", {last.attempts} attempts" if last.attempts > 1 else ""
-        lines.append(
-            f"last done: job {last.job_id} (series {last.series_uid}{used}{retried}), "
-            f"generation {last.generation}"
-        )
-        lines.append("  " + ", ".join(f"{name} {s:.1f} s" for name, s in last.stages()))
-    errors = []
-    for job in catalog.jobs(JobState.FAILED, limit=5):
-        errors.append(f"  job {job.id} failed {_local(job.updated_at)}: {job.last_error}")
-    for job in catalog.jobs(JobState.RETRY_WAIT, limit=5):
-        sends = {
-            f"{s.destination}: {s.last_error or f'status 0x{s.last_status_code:04X}'}"
-            for s in catalog.sends(job)
-            if s.status == SendStatus.PENDING and (s.last_error or s.last_status_code)
-        }
-        detail = f" ({'; '.join(sorted(sends))})" if sends else ""
-        errors.append(
-            f"  job {job.id} retries at {_local(job.not_before)} (attempt {job.attempts}): "
-            f"{job.last_error}{detail}"
-        )
-    lines.append("last errors:" if errors else "last errors: none")
-    lines.extend(errors)
-    return lines
-
-
-def newest_done_generations(catalog: Catalog, series_uids: set[str]) -> dict[str, int]:
-    """The newest generation done of each of these series (those with one done)."""
-    from sqlalchemy import func, select
-
-    from bonect.catalog.models import Job, Series
-
-    query = (
-        select(Series.series_uid, func.max(Job.generation))
-        .join(Job, Job.series_id == Series.id)
-        .where(Job.state == JobState.DONE, Series.series_uid.in_(series_uids))
-        .group_by(Series.series_uid)
-    )
-    with catalog.reading() as session:
-        return {str(uid): int(generation) for uid, generation in session.execute(query)}
-
-
-def job_lines(catalog: Catalog, state: str | None, limit: int) -> list[str]:
-    """One line per job, newest first: id, state, last change, generation, attempts, series,
-    reason; a done job whose series was converted again since says which generation replaced
-    it."""
-    jobs = catalog.jobs(JobState(state) if state else None, limit=limit)
-    newest = newest_done_generations(catalog, {job.series_uid for job in jobs})
-    lines = []
-    for job in jobs:
-        reason = f"  {job.last_error}" if job.last_error else ""
-        if job.state == JobState.DONE and newest.get(job.series_uid, 0) > job.generation:
-            reason = f"  replaced by generation {newest[job.series_uid]}{reason}"
-        lines.append(
-            f"{job.id:6d}  {job.state.value:10s}  {_local(job.updated_at)}  "
-            f"gen {job.generation}  attempts {job.attempts}  {job.series_uid}{reason}"
-        )
-    return lines
+    clinical = "" if manifest.clinical_use else ", NOT FOR CLINICAL USE"
+    return f"auto: {manifest.label} (folder {name}{clinical})"
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -330,6 +172,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     path, config = _checked(args)  # first: a bad config exits 78 before the heavy imports
     from bonect.converter.inference import set_threads
     from bonect.daemon.node import Node
+    from bonect.daemon.priors import start_priors_thread
 
     set_threads(config.converter.threads)
     stop = threading.Event()
@@ -343,11 +186,21 @@ def cmd_start(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     logger.info("bonect %s starting from %s", __version__, path)
     node = Node.open(config)
+    web = None
     try:
         if config.metrics.enabled:
             node.metrics.serve(config.metrics.host, config.metrics.port)
+        if config.web.enabled:  # the status page, on a thread (bonect.web)
+            from bonect.web.server import WebServer
+
+            web = WebServer.start(config, node.catalog, model_label=lambda: node.models.label)
+        priors = start_priors_thread(node, stop)  # [[sources]]: on its own thread
         node.run(stop)
+        if priors is not None:
+            priors.join(timeout=30)
     finally:
+        if web is not None:
+            web.stop()
         node.close()
     logger.info("stopped")
     return 0
@@ -371,15 +224,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print("  the sCT also returns to the destination whose AE title sent the MR")
     if metrics.enabled:
         print(f"  metrics on http://{metrics.host}:{metrics.port}/metrics")
+    if config.web.enabled:
+        login = "no login" if config.web.password_file is None else "login required"
+        print(f"  status page on {config.web.host}:{config.web.port} ({login})")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bonect.daemon.status_report import status_lines
+
     path, config = _load(args)
     catalog = _open_catalog(config)
     try:
         print(f"bonect {__version__}, {path}, storage {config.storage.dir}")
-        for line in status_lines(config, catalog, datetime.now(UTC)):
+        for line in status_lines(catalog, datetime.now(UTC), model=model_summary(config)):
             print(line)
     finally:
         catalog.close()
@@ -387,6 +245,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from bonect.daemon.status_report import job_lines
+
     _, config = _load(args)
     catalog = _open_catalog(config)
     try:
@@ -478,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bonect.cli import run
+    from bonect.cli_boundary import run
     from bonect.logs import configure_logging
 
     args = build_parser().parse_args(argv)

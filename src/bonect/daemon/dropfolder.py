@@ -1,10 +1,12 @@
 """The drop folder: DICOM files copied into ``<storage dir>/import/`` are ingested as if C-STOREd.
 
-Each complete file goes through the same :meth:`Archive.write` and :meth:`InstanceSink.record`
-as a received C-STORE (association id ``"import:<name>"``, ``<name>`` being its path relative
-to the folder), and is removed once recorded. A file that is not DICOM Part 10, or whose UIDs
-are invalid, is moved to ``import/rejected/`` with a log line. A file the archive or the sink
-could not take stays where it is and is tried again at the next scan.
+Each complete file is read once and goes through the same receive path as a C-STORE,
+:meth:`~bonect.daemon.receive.Receiver.receive` (association id ``"import:<name>"``, ``<name>``
+being its path relative to the folder), and is removed once recorded. A file the receive path
+cannot understand (0xC210: not DICOM Part 10, invalid UIDs) or that does not match its SOP class
+(0xA900) is moved to ``import/rejected/`` with a log line that says why. A file refused for
+lack of resources (0xA700: the disk reserve, the archive or the catalog) stays where it is and
+is tried again at the next scan.
 
 A file is complete when it was closed after writing (watchdog's ``FileClosedEvent``, or moved
 into the folder), or when its size and modification time have not changed since the previous
@@ -20,9 +22,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydicom import dcmread
@@ -37,8 +37,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from bonect.daemon.archive import Archive, InstanceRef
-from bonect.daemon.scp import InstanceSink
+from bonect.daemon.receive import OUT_OF_RESOURCES, Receiver
 
 logger = logging.getLogger(__name__)
 
@@ -54,33 +53,16 @@ class IngestReport:
     ingested: tuple[str, ...]  # SOP Instance UIDs archived and recorded (files removed)
     rejected: tuple[Path, ...]  # where the non-DICOM files now are
     waiting: int  # files maybe still being copied
-    kept: int  # files the archive or the sink could not take now (retried next scan)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
+    kept: int  # files refused for lack of resources now (retried next scan)
 
 
 class DropFolder:
     """The ``import`` folder of a storage dir; build it with :meth:`open`."""
 
-    def __init__(
-        self,
-        folder: Path,
-        *,
-        archive: Archive,
-        sink: InstanceSink,
-        clock: Callable[[], datetime],
-        reserve_bytes: int,
-        free_bytes: Callable[[], int],
-    ) -> None:
+    def __init__(self, folder: Path, *, receiver: Receiver) -> None:
         self._folder = folder
         self._rejected = folder / REJECTED
-        self._archive = archive
-        self._sink = sink
-        self._clock = clock
-        self._reserve_bytes = reserve_bytes
-        self._free_bytes = free_bytes
+        self._receiver = receiver
         self._seen: dict[Path, tuple[int, int]] = {}
         self._closed: set[Path] = set()
         self._lock = threading.Lock()  # one scan at a time; guards _seen
@@ -91,27 +73,11 @@ class DropFolder:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def open(
-        cls,
-        storage_dir: Path,
-        *,
-        archive: Archive,
-        sink: InstanceSink,
-        clock: Callable[[], datetime] = _utc_now,
-        reserve_bytes: int = 0,
-        free_bytes: Callable[[], int] | None = None,
-    ) -> DropFolder:
+    def open(cls, storage_dir: Path, *, receiver: Receiver) -> DropFolder:
         """Open ``<storage_dir>/import`` (creating it and ``rejected/`` if needed)."""
         folder = (storage_dir / IMPORT).resolve()
         (folder / REJECTED).mkdir(parents=True, exist_ok=True)
-        return cls(
-            folder,
-            archive=archive,
-            sink=sink,
-            clock=clock,
-            reserve_bytes=reserve_bytes,
-            free_bytes=free_bytes or archive.free_bytes,
-        )
+        return cls(folder, receiver=receiver)
 
     @property
     def folder(self) -> Path:
@@ -120,7 +86,7 @@ class DropFolder:
 
     @property
     def rejected_folder(self) -> Path:
-        """Where files that are not DICOM end up."""
+        """Where files that are not usable DICOM end up."""
         return self._rejected
 
     def mark_closed(self, path: Path) -> None:
@@ -190,36 +156,25 @@ class DropFolder:
         except OSError:
             logger.exception("import: cannot read %s", name)
             return None
-        try:
-            ref = InstanceRef.from_dataset(dcmread(io.BytesIO(encoded), stop_before_pixels=True))
-        except Exception as exc:
-            return self._reject(path, name, exc)
-        try:
-            if self._free_bytes() < self._reserve_bytes:
-                logger.warning("import: free disk under the reserve; %s waits", name)
-                return None
-            received_at = self._clock()
-            association_id = ASSOCIATION_PREFIX + name
-            stored = self._archive.write(ref, encoded)
-            self._sink.record(
-                ref=ref,
-                path=stored,
-                received_at=received_at,
-                association_id=association_id,
-                calling_ae="",
-                peer_address="",
-            )
-            self._sink.association_ended(association_id, received_at)
-        except Exception:  # the archive or the catalog is unavailable: try again later
-            logger.exception("import: could not ingest %s (%s)", name, ref.sop_instance_uid)
+        association_id = ASSOCIATION_PREFIX + name
+        receipt = self._receiver.receive(
+            lambda: dcmread(io.BytesIO(encoded), stop_before_pixels=True),  # the one read
+            lambda: encoded,
+            association_id=association_id,
+        )
+        if receipt.status == OUT_OF_RESOURCES:
+            logger.warning("import: %s waits for the next scan: %s", name, receipt.reason)
             return None
+        if not receipt.ok or receipt.header is None:
+            return self._reject(path, name, receipt.reason)
+        self._receiver.association_ended(association_id)
         try:
             path.unlink()
         except OSError:  # ingested again next scan: harmless, the same file is replaced
             logger.exception("import: could not remove %s", name)
-        return ref.sop_instance_uid
+        return receipt.header.sop_instance_uid
 
-    def _reject(self, path: Path, name: str, reason: Exception) -> Path | None:
+    def _reject(self, path: Path, name: str, reason: str) -> Path | None:
         base = name.replace("/", "_")
         target = self._rejected / base
         n = 0

@@ -17,25 +17,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-
 from bonect.catalog.engine import catalog_url
-from bonect.catalog.header import header_from_dataset
-from bonect.catalog.models import Role, SettleState
 from bonect.catalog.queue import Catalog
+from bonect.catalog.tables import Role, SettleState
 from bonect.config import Config
 from bonect.converter.inference import pick_device
-from bonect.daemon.archive import Archive, InstanceRef
+from bonect.daemon.archive import Archive
 from bonect.daemon.dropfolder import DropFolder
-from bonect.daemon.metrics import NodeMetrics
-from bonect.daemon.models import ModelHolder
+from bonect.daemon.model_holder import ModelHolder
+from bonect.daemon.prometheus import NodeMetrics
+from bonect.daemon.receive import Receiver
 from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
 from bonect.daemon.sender import RetryPolicy, SendTimeouts
 from bonect.daemon.settle import settle_once
 from bonect.daemon.worker import Route, Worker, WorkerSettings
+from bonect.dicom.header import InstanceHeader
+from bonect.errors import BonectError, RetryableError
 
 logger = logging.getLogger(__name__)
+
+
+#: The loop's backoff after a failed step: 1 s, doubled while failures go on, at most a minute.
+STEP_BACKOFF = RetryPolicy(initial_seconds=1.0, cap_seconds=60.0)
+HOUSEKEEPING = timedelta(minutes=10)  # between two rounds of housekeeping
 
 
 def utc_now() -> datetime:
@@ -43,7 +47,7 @@ def utc_now() -> datetime:
 
 
 class CatalogSink:
-    """The SCP's and drop folder's sink: record each archived instance in the catalog."""
+    """The receive path's sink: record each archived instance in the catalog, count it."""
 
     def __init__(self, catalog: Catalog, wake: threading.Event, metrics: NodeMetrics) -> None:
         self._catalog = catalog
@@ -52,17 +56,13 @@ class CatalogSink:
 
     def record(
         self,
-        ref: InstanceRef,
+        header: InstanceHeader,
         path: Path,
+        *,
         received_at: datetime,
         association_id: str,
-        calling_ae: str,
-        peer_address: str,
-        dataset: Dataset | None = None,
+        calling_ae: str | None,
     ) -> None:
-        if dataset is None:  # the drop folder: read the header of the file just archived
-            dataset = dcmread(path, stop_before_pixels=True)
-        header = header_from_dataset(dataset)
         self._catalog.record_instance(
             header,
             path,
@@ -71,7 +71,6 @@ class CatalogSink:
             calling_ae=calling_ae or None,
         )
         self._metrics.instances_received.inc()
-        logger.debug("%s from %s (%s) archived", ref.sop_instance_uid, calling_ae, peer_address)
 
     def association_ended(self, association_id: str, at: datetime) -> None:
         self._catalog.association_released(association_id, at)
@@ -105,6 +104,9 @@ class Node:
     wake: threading.Event
     clock: Callable[[], datetime]
     last_housekeeping: datetime | None = None
+    backoff: RetryPolicy = STEP_BACKOFF  # after a failed step
+    failed_steps: int = 0  # steps in a row that failed
+    resume_at: datetime | None = None  # no step before this, after a failed one
 
     @classmethod
     def open(cls, config: Config, *, clock: Callable[[], datetime] = utc_now) -> Node:
@@ -122,8 +124,12 @@ class Node:
         models = ModelHolder.open(config.converter.model, config.model_registry, device)
         metrics = NodeMetrics.create(catalog, model_label=lambda: models.label, clock=clock)
         wake = threading.Event()
-        sink = CatalogSink(catalog, wake, metrics)
-        reserve = config.storage.reserve_mb * 1024 * 1024
+        receiver = Receiver(
+            archive=archive,
+            sink=CatalogSink(catalog, wake, metrics),
+            reserve_bytes=config.storage.reserve_mb * 1024 * 1024,
+            clock=clock,
+        )
         security = config.security
         tls = None
         if security.tls_certificate is not None and security.tls_key is not None:
@@ -132,11 +138,8 @@ class Node:
             ae_title=config.node.ae_title,
             host=config.node.host,
             port=config.node.port,
-            archive=archive,
-            sink=sink,
+            receiver=receiver,
             policy=access_policy(config),
-            reserve_bytes=reserve,
-            clock=clock,
             ssl_context=tls,
         )
         if security.allow_any_peer:
@@ -172,9 +175,7 @@ class Node:
             clock=clock,
             metrics=metrics,
         )
-        dropfolder = DropFolder.open(
-            storage, archive=archive, sink=sink, clock=clock, reserve_bytes=reserve
-        )
+        dropfolder = DropFolder.open(storage, receiver=receiver)
         logger.info(
             "%s listening on %s:%d, storage %s, model %s, %d destination(s)",
             config.node.ae_title,
@@ -199,17 +200,50 @@ class Node:
         )
 
     def step(self, now: datetime) -> bool:
-        """Settle what is complete, then process one job; True when a job was processed."""
-        queued = settle_once(
-            self.catalog, self.config.rules, now, quiet_seconds=self.config.settle.quiet_seconds
-        )
-        if queued:
-            self.metrics.series_completed.inc(len(queued))
-        worked = self.worker.run_once(now)
-        if self.last_housekeeping is None or now - self.last_housekeeping > timedelta(minutes=10):
-            self.housekeeping(now)
-            self.last_housekeeping = now
+        """Settle what is complete, then process one job; True when a job was processed.
+
+        Never raises: this is the loop's error boundary. A step that fails (the catalog or the
+        disk did not answer) is logged, and no step runs before ``resume_at``, which backs off
+        exponentially while failures go on (as huey's consumer does) and clears on success.
+        """
+        if self.resume_at is not None and now < self.resume_at:
+            return False
+        worked = False
+        try:
+            queued = settle_once(
+                self.catalog,
+                self.config.rules,
+                now,
+                quiet_seconds=self.config.settle.quiet_seconds,
+            )
+            if queued:
+                self.metrics.series_completed.inc(len(queued))
+            worked = self.worker.run_once(now)
+            if self.last_housekeeping is None or now - self.last_housekeeping > HOUSEKEEPING:
+                self.last_housekeeping = now  # first: a failing housekeeping waits for its turn
+                self.housekeeping(now)
+        except Exception as exc:  # the boundary: log, back off, go on
+            self._back_off(now, exc)
+            return worked
+        if self.failed_steps:
+            logger.info("steps succeed again after %d failure(s)", self.failed_steps)
+        self.failed_steps = 0
+        self.resume_at = None
         return worked
+
+    def _back_off(self, now: datetime, exc: Exception) -> None:
+        self.failed_steps += 1
+        self.resume_at = now + self.backoff.delay(self.failed_steps)
+        # a BonectError's message is for operators; another's may quote SQL parameters
+        why = str(exc) if isinstance(exc, BonectError) else type(exc).__name__
+        log = logger.warning if isinstance(exc, RetryableError) else logger.error
+        log(
+            "step failed (%d in a row), next try at %s: %s",
+            self.failed_steps,
+            self.resume_at.isoformat(timespec="seconds"),
+            why,
+        )
+        logger.debug("the step's failure", exc_info=exc)
 
     def housekeeping(self, now: datetime) -> None:
         """Delete ignored series at once, and sCT outputs older than the retention period.
@@ -234,7 +268,8 @@ class Node:
             logger.info("removed the files of series %s", series_uid)
 
     def run(self, stop: threading.Event) -> None:
-        """Step until `stop` is set; sleep briefly when idle, wake early on association end."""
+        """Step until `stop` is set; sleep briefly when idle, wake early on association end,
+        and wait out the backoff after a failed step."""
         self.models.watch()
         self.dropfolder.start()
         idle = 0.05
@@ -242,6 +277,9 @@ class Node:
             worked = self.step(self.clock())
             if worked:
                 idle = 0.05
+                continue
+            if self.resume_at is not None:  # backing off: only a stop cuts it short
+                stop.wait(timeout=max(0.0, (self.resume_at - self.clock()).total_seconds()))
                 continue
             self.wake.wait(timeout=idle)
             self.wake.clear()

@@ -25,13 +25,10 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, KeyObjectSelectionDocumentStorage
 
-from bonect.converter.dicom_writer import (
-    MANUFACTURER,
-    copy_patient_and_study,
-    deterministic_uid,
-    file_meta_for,
-    save_dataset,
-)
+from bonect.dicom.files import file_meta_for, save_dataset
+from bonect.dicom.modules import copy_patient_and_study
+from bonect.dicom.provenance import MANUFACTURER
+from bonect.dicom.uids import deterministic_uid
 
 logger = logging.getLogger(__name__)
 

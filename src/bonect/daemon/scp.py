@@ -1,11 +1,11 @@
-"""The Storage SCP: who may associate, and what a C-STORE does (archive, record, status).
+"""The Storage SCP: who may associate, and the C-STORE handler over the one receive path.
 
 :meth:`StorageServer.start` runs a pynetdicom acceptor in its own threads (port 0 allowed) for
 C-ECHO and C-STORE of every storage SOP class, in the transfer syntaxes of
-:data:`ACCEPTED_TRANSFER_SYNTAXES`. A C-STORE writes the encoded bytes as received through the
-:class:`~bonect.daemon.archive.Archive`, records the instance with an :class:`InstanceSink`,
-and only then answers 0x0000. It answers 0xA700 when the disk is under the reserve or the sink
-(the catalog) fails, 0xC210 when the header cannot be understood, and never raises.
+:data:`ACCEPTED_TRANSFER_SYNTAXES`. A C-STORE is handed to
+:meth:`~bonect.daemon.receive.Receiver.receive` (reserve check, header, archive, catalog) and
+answered with the status it returns (the codes are listed in :mod:`bonect.daemon.receive`);
+the handler never raises.
 
 Association requests are checked against an :class:`AccessPolicy` before negotiation and
 refused with an A-ASSOCIATE-RJ that says why.
@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 import ssl
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, cast
+from typing import cast
 
 from pydicom import uid as dicom_uid
-from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -35,7 +32,8 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bonect.daemon.archive import Archive, InstanceRef
+from bonect.daemon.receive import OUT_OF_RESOURCES, SUCCESS, Receiver
+from bonect.dicom.network import set_nodelay
 from bonect.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -57,11 +55,6 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     dicom_uid.JPEGExtended12Bit,
 )
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC210
-
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 _REJECT_ADDRESS = (0x01, 0x01, 0x01)  # permanent, service user, no reason given
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
@@ -70,29 +63,6 @@ _REJECT_DISK = (0x02, 0x03, 0x02)  # transient, service provider, local limit ex
 _REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # transient, service user, no reason given
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class InstanceSink(Protocol):
-    """Where the SCP reports what it archived (the catalog, wired by the daemon)."""
-
-    def record(
-        self,
-        ref: InstanceRef,
-        path: Path,
-        received_at: datetime,
-        association_id: str,
-        calling_ae: str,
-        peer_address: str,
-        dataset: Dataset | None = None,
-    ) -> None:
-        """Record one archived instance; raise if it could not be recorded durably.
-
-        ``dataset`` is the instance as already decoded (the SCP's), so that its header need
-        not be read back from ``path``; ``None`` when the caller has none at hand.
-        """
-
-    def association_ended(self, association_id: str, at: datetime) -> None:
-        """An association that sent at least one archived instance was released or aborted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,22 +129,11 @@ def server_tls_context(
     return context
 
 
-def set_nodelay(event: Event) -> None:
-    """EVT_CONN_OPEN handler: switch Nagle's algorithm off on the association's socket."""
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _Handlers:
@@ -184,29 +143,14 @@ class _Handlers:
         self,
         *,
         ae_title: str,
-        archive: Archive,
-        sink: InstanceSink,
+        receiver: Receiver,
         policy: AccessPolicy,
-        reserve_bytes: int,
-        free_bytes: Callable[[], int],
-        clock: Callable[[], datetime],
     ) -> None:
         self.ae_title = ae_title
-        self.archive = archive
-        self.sink = sink
+        self.receiver = receiver
         self.policy = policy
-        self.reserve_bytes = reserve_bytes
-        self.free_bytes = free_bytes
-        self.clock = clock
         self._ids: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-
-    def _disk_low(self) -> bool:
-        try:
-            return self.free_bytes() < self.reserve_bytes
-        except Exception:
-            logger.exception("cannot read free disk space")
-            return True
 
     def _association_id(self, assoc: Association) -> str:
         with self._lock:
@@ -244,7 +188,7 @@ class _Handlers:
             return _REJECT_CALLED_AE, f"called AE {called!r} is not ours"
         if not self.policy.allows_calling_ae(calling):
             return _REJECT_CALLING_AE, "calling AE not allowed"
-        if self._disk_low():
+        if self.receiver.disk_low():
             return _REJECT_DISK, "free disk under the reserve"
         return None, ""
 
@@ -253,71 +197,35 @@ class _Handlers:
         return SUCCESS
 
     def on_store(self, event: Event) -> int:
-        """C-STORE: archive the bytes as received, record them, then answer; never raises."""
+        """C-STORE: the one receive path (archive the bytes as received, record), its status."""
+        calling = "?"
         try:
-            return self._store(event)
-        except Exception:  # the boundary: a status for the peer, never an exception
-            logger.exception("unexpected failure storing an instance")
-            return OUT_OF_RESOURCES
-
-    def _store(self, event: Event) -> int:
-        received_at = self.clock()
-        requestor = event.assoc.requestor
-        if self._disk_low():
-            logger.warning(
-                "C-STORE from %r refused: free disk under the reserve", requestor.ae_title
-            )
-            return OUT_OF_RESOURCES
-        request = cast(C_STORE, event.request)
-        try:
-            dataset = event.dataset  # decoded once (pixels stay raw), reused by the sink
-            ref = InstanceRef.from_dataset(
-                dataset, transfer_syntax_uid=event.context.transfer_syntax
-            )
-        except Exception as exc:
-            logger.warning("C-STORE from %r not understood: %s", requestor.ae_title, exc)
-            return CANNOT_UNDERSTAND
-        if ref.sop_instance_uid != str(request.AffectedSOPInstanceUID).rstrip("\x00 "):
-            logger.warning(
-                "C-STORE %s: SOP Instance UID differs from the request's", ref.sop_instance_uid
-            )
-            return CANNOT_UNDERSTAND
-        if ref.sop_class_uid != str(request.AffectedSOPClassUID).rstrip("\x00 "):
-            logger.warning(
-                "C-STORE %s: SOP Class UID differs from the request's", ref.sop_instance_uid
-            )
-            return DATASET_MISMATCH
-        try:
-            path = self.archive.write(ref, event.encoded_dataset())
-        except Exception:
-            logger.exception("could not archive %s", ref.sop_instance_uid)
-            return OUT_OF_RESOURCES
-        association_id = self._association_id(event.assoc)
-        try:
-            self.sink.record(
-                ref=ref,
-                path=path,
-                received_at=received_at,
-                association_id=association_id,
-                calling_ae=requestor.ae_title,
+            requestor = event.assoc.requestor
+            calling = requestor.ae_title
+            request = cast(C_STORE, event.request)
+            receipt = self.receiver.receive(
+                lambda: event.dataset,  # decoded once, header only: pixels stay encoded
+                event.encoded_dataset,
+                association_id=self._association_id(event.assoc),
+                transfer_syntax_uid=event.context.transfer_syntax,
+                calling_ae=calling,
                 peer_address=requestor.address,
-                dataset=dataset,
+                request_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                request_sop_class_uid=str(request.AffectedSOPClassUID or ""),
             )
-        except Exception:  # the catalog is unavailable: the peer will send again
-            logger.exception("could not record %s", ref.sop_instance_uid)
+        except Exception:  # the boundary: a status for the peer, never an exception
+            logger.exception("unexpected failure storing an instance from %r", calling)
             return OUT_OF_RESOURCES
-        return SUCCESS
+        if not receipt.ok:
+            logger.warning("C-STORE from %r: 0x%04X, %s", calling, receipt.status, receipt.reason)
+        return receipt.status
 
     def on_ended(self, event: Event) -> None:
-        """Association released or aborted: tell the sink, once, if it delivered anything."""
+        """Association released or aborted: tell the receive path, once."""
         with self._lock:
             association_id = self._ids.pop(event.assoc, None)
-        if association_id is None:
-            return
-        try:
-            self.sink.association_ended(association_id, self.clock())
-        except Exception:
-            logger.exception("could not record the end of association %s", association_id)
+        if association_id is not None:
+            self.receiver.association_ended(association_id)
 
 
 class StorageServer:
@@ -335,12 +243,8 @@ class StorageServer:
         ae_title: str,
         host: str,
         port: int,
-        archive: Archive,
-        sink: InstanceSink,
+        receiver: Receiver,
         policy: AccessPolicy | None = None,
-        reserve_bytes: int = 0,
-        free_bytes: Callable[[], int] | None = None,
-        clock: Callable[[], datetime] = _utc_now,
         ssl_context: ssl.SSLContext | None = None,
         max_associations: int = 10,
         network_timeout: float = 60.0,
@@ -352,15 +256,11 @@ class StorageServer:
         ----------
         ae_title
             Our AE title; associations calling another title are rejected.
-        archive, sink
-            Where received instances are written, and recorded.
+        receiver
+            The receive path every C-STORE goes through. Under its disk reserve, new
+            associations are refused (and C-STOREs answered 0xA700 by the receiver).
         policy
             Allowed calling AE titles and source networks; ``None`` allows any peer.
-        reserve_bytes, free_bytes
-            Under ``reserve_bytes`` free (``free_bytes()``, default the archive's disk), new
-            associations are refused and C-STOREs answered 0xA700.
-        clock
-            Gives ``received_at`` (an aware datetime).
         ssl_context
             Serve DICOM TLS with it (see :func:`server_tls_context`).
         maximum_pdu_size
@@ -375,15 +275,7 @@ class StorageServer:
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
-        handlers = _Handlers(
-            ae_title=ae_title,
-            archive=archive,
-            sink=sink,
-            policy=policy or AccessPolicy(),
-            reserve_bytes=reserve_bytes,
-            free_bytes=free_bytes or archive.free_bytes,
-            clock=clock,
-        )
+        handlers = _Handlers(ae_title=ae_title, receiver=receiver, policy=policy or AccessPolicy())
         server = ae.start_server(
             (host, port),
             block=False,

@@ -20,7 +20,6 @@ import enum
 import logging
 import math
 import ssl
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,18 +29,16 @@ from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, build_context, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
-from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from bonect.config import Destination
-from bonect.daemon.scp import set_nodelay
+from bonect.dicom.network import WireResponses, set_nodelay
 from bonect.errors import BonectError
 
 logger = logging.getLogger(__name__)
 
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 _MAX_CONTEXTS = 128  # per association, PS3.8
-_C_STORE_RSP = 0x8001
 _NO_CONTEXT = "destination does not accept this SOP class / syntax"
 
 
@@ -199,38 +196,12 @@ def _make_ae(calling_ae: str, timeouts: SendTimeouts) -> AE:
     return ae
 
 
-class _WireResponses:
-    """C-STORE-RSP statuses as decoded off the wire (EVT_DIMSE_RECV), by message id.
-
-    pynetdicom's association reactor can take a response off the queue before
-    ``send_c_store`` does (the stall in FIELD-NOTES.md): the call then times out although the
-    destination answered. The status seen here still tells what the destination said.
-    """
-
-    def __init__(self) -> None:
-        self._statuses: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def on_dimse_recv(self, event: Event) -> None:
-        command = event.message.command_set
-        if command is None or command.get("CommandField") != _C_STORE_RSP:
-            return
-        msg_id, status = command.get("MessageIDBeingRespondedTo"), command.get("Status")
-        if msg_id is not None and status is not None:
-            with self._lock:
-                self._statuses[int(msg_id)] = int(status)
-
-    def status(self, msg_id: int) -> int | None:
-        with self._lock:
-            return self._statuses.get(msg_id)
-
-
 def _associate(
     ae: AE,
     destination: DestinationNode,
     files: Sequence[_File],
     ssl_context: ssl.SSLContext | None,
-    wire: _WireResponses,
+    wire: WireResponses,
 ) -> Association:
     # one context per (SOP class, transfer syntax): the acceptor picks a single syntax per context
     pairs = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
@@ -249,7 +220,7 @@ def _associate(
 
 
 def _store_one(
-    assoc: Association, f: _File, msg_id: int, wire: _WireResponses
+    assoc: Association, f: _File, msg_id: int, wire: WireResponses
 ) -> tuple[SendOutcome, int | None, str | None]:
     accepted = any(
         cx.abstract_syntax == f.sop_class_uid and f.transfer_syntax_uid in cx.transfer_syntax
@@ -331,7 +302,7 @@ def send_files(
     for batch in _batches(files):
         pending = list(batch)
         while pending:
-            wire = _WireResponses()
+            wire = WireResponses()
             assoc = _associate(ae, destination, pending, ssl_context, wire)
             if not assoc.is_established:
                 if assoc.rejected_contexts and not assoc.accepted_contexts:

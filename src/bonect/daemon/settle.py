@@ -1,10 +1,12 @@
 """Series completeness: when a received series is judged complete, classified and queued.
 
 A series settles after ``quiet_seconds`` without a new instance, or earlier, as soon as the
-association that delivered its last instance has been released *and* its geometry is complete
-(:func:`is_geometry_complete`). On settling, the rules give it a role; a ``convert`` series gets
-a job. An instance arriving for a settled series re-opens it (the catalog does that), and the
-next settle queues it again; the worker then replaces the earlier output.
+association that delivered its last instance has been released *and* it is complete
+(:func:`series_is_complete`: the geometry authority :func:`bonect.dicom.geometry.check_stack`,
+the very check the converter's reader makes, plus the expected slice count). On settling, the
+rules give it a role; a ``convert`` series gets a job. An instance arriving for a settled series
+re-opens it (the catalog does that), and the next settle queues it again; the worker then
+replaces the earlier output.
 
 :func:`settle_once` is one step of the settle loop, driven with the time passed in.
 """
@@ -12,108 +14,40 @@ next settle queues it again; the worker then replaces the earlier output.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from itertools import pairwise
 
 from bonect.catalog.queue import Catalog
 from bonect.catalog.records import SeriesGeometry
-from bonect.daemon.rules import RulesConfig
+from bonect.daemon.rules import RulesConfig, classify
+from bonect.dicom.geometry import StackProblem, StackVerdict, check_stack
 
 logger = logging.getLogger(__name__)
 
-SPACING_TOLERANCE = 0.01
-"""Relative tolerance on the spacing between slices (1 %; DS values carry rounding)."""
 
-_ABSOLUTE_TOLERANCE_MM = 1e-3
-_ORIENTATION_TOLERANCE = 1e-4  # direction cosines of slices of one stack
+def completeness(geometry: SeriesGeometry) -> StackVerdict:
+    """Whether a catalogued series' instances form a complete volume, and if not, why.
 
-
-def _unit_normal(orientation: Sequence[float]) -> tuple[float, float, float] | None:
-    if len(orientation) != 6 or not all(math.isfinite(v) for v in orientation):
-        return None
-    r = orientation[:3]
-    c = orientation[3:]
-    n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
-    norm = math.sqrt(sum(v * v for v in n))
-    if norm < 1e-6:
-        return None
-    return (n[0] / norm, n[1] / norm, n[2] / norm)
-
-
-def is_geometry_complete(
-    positions: Sequence[Sequence[float]],
-    orientation: Sequence[float],
-    expected_count: int | None,
-    *,
-    tolerance: float = SPACING_TOLERANCE,
-) -> bool:
-    """Whether slices at ``positions`` form one gap-free stack.
-
-    Parameters
-    ----------
-    positions
-        ImagePositionPatient of every slice (any order), in mm.
-    orientation
-        ImageOrientationPatient shared by the slices (six direction cosines).
-    expected_count
-        ImagesInAcquisition or NumberOfFrames when the header gives one; the slice count must
-        then equal it.
-    tolerance
-        Largest relative deviation of a gap from the median gap along the slice normal.
-
-    Returns
-    -------
-    bool
-        True when the positions are distinct, evenly spaced along the slice normal, and as
-        many as expected; a single slice is complete only if one was expected or none stated.
-    """
-    if not positions:
-        return False
-    if expected_count is not None and len(positions) != expected_count:
-        return False
-    normal = _unit_normal(orientation)
-    if normal is None:
-        return False
-    if any(len(p) != 3 or not all(math.isfinite(v) for v in p) for p in positions):
-        return False
-    depths = sorted(sum(p[i] * normal[i] for i in range(3)) for p in positions)
-    gaps = [b - a for a, b in pairwise(depths)]
-    if not gaps:
-        return True
-    spacing = sorted(gaps)[len(gaps) // 2]
-    if spacing <= _ABSOLUTE_TOLERANCE_MM:
-        return False  # stacked duplicates: several echoes or phases, not one volume
-    allowed = max(spacing * tolerance, _ABSOLUTE_TOLERANCE_MM)
-    return all(abs(gap - spacing) <= allowed for gap in gaps)
-
-
-def series_is_complete(geometry: SeriesGeometry, *, tolerance: float = SPACING_TOLERANCE) -> bool:
-    """Whether a catalogued series' instances form a complete volume.
-
-    A multi-frame (Enhanced) series is complete when its frames add up to the expected count
-    (NumberOfFrames); a single-frame series when every instance has a position, they share one
-    orientation and :func:`is_geometry_complete` holds.
+    A single-frame series is judged by :func:`~bonect.dicom.geometry.check_stack` from the
+    catalogued positions and orientations, with ImagesInAcquisition as the expected count. The
+    catalog keeps one plane per instance, so a multi-frame (Enhanced) series is complete when
+    its frames add up to the expected count (NumberOfFrames); the reader judges its planes.
     """
     if any(frames > 1 for frames in geometry.frames):
         expected = geometry.expected_count
-        return expected is not None and sum(geometry.frames) == expected
-    positions = [p for p in geometry.positions if p is not None]
-    orientations = [o for o in geometry.orientations if o is not None]
-    if not positions or len(positions) != len(geometry.positions):
-        return False
-    if len(orientations) != len(positions):
-        return False
-    orientation = orientations[0]
-    if any(
-        max(abs(a - b) for a, b in zip(o, orientation, strict=True)) > _ORIENTATION_TOLERANCE
-        for o in orientations
-    ):
-        return False
-    return is_geometry_complete(
-        positions, orientation, geometry.expected_count, tolerance=tolerance
-    )
+        total = sum(geometry.frames)
+        if expected is not None and total == expected:
+            return StackVerdict(None, f"{total} frames")
+        return StackVerdict(
+            StackProblem.INCOMPLETE,
+            f"{total} of {expected if expected is not None else 'an unknown number of'} frames",
+            missing=max(0, (expected or 0) - total),
+        )
+    return check_stack(geometry.positions, geometry.orientations, geometry.expected_count)
+
+
+def series_is_complete(geometry: SeriesGeometry) -> bool:
+    """Whether a catalogued series' instances form a complete volume (see :func:`completeness`)."""
+    return completeness(geometry).complete
 
 
 def settle_once(
@@ -131,9 +65,13 @@ def settle_once(
         quiet = series.last_received_at <= cutoff
         if not quiet:
             geometry = catalog.series_geometry(series.series_uid)
-            if geometry is None or not series_is_complete(geometry):
+            if geometry is None:
                 continue
-        role = rules.classify(series)
+            verdict = completeness(geometry)
+            if not verdict.complete:
+                logger.debug("series %s not complete: %s", series.series_uid, verdict.message)
+                continue
+        role = classify(rules, series)
         settled = catalog.settle_series(
             series.series_uid, revision=series.revision, role=role, now=now
         )

@@ -1,15 +1,18 @@
 """The worker: claim a job, convert its series with the warm model, write the sCT, send it.
 
-One step at a time (:meth:`Worker.run_once`), time passed in; errors become job states:
-a series or model problem fails the job with its reason (permanent), a send or disk problem
-waits and retries with backoff. Sends are planned per instance and destination before the
-first attempt, so a job resumed after a crash sends exactly what is still pending.
+One step at a time (:meth:`Worker.run_once`), time passed in; errors become job states by
+their type alone: a :class:`~bonect.errors.PermanentError` (the series, the model) or an
+unexpected exception fails the job with its reason, a :class:`~bonect.errors.RetryableError`
+(a destination, the disk or the catalog that did not answer) waits and retries with backoff.
+When the catalog cannot take the outcome either, the worker keeps it and records it before
+claiming anything else; a job taken from it meanwhile (:class:`ClaimLost`) is left to its new
+holder. Sends are planned per instance and destination before the first attempt, so a job
+resumed after a crash sends exactly what is still pending.
 
 Each job is one *generation* of its series' sCT, with UIDs of its own. Once every instance of
-a later generation is stored, the worker withdraws the earlier ones: their files leave the
-archive, and each destination that may hold one gets an IOCM rejection note
-(:mod:`bonect.daemon.rejection`) unless it is configured not to. Where a destination receives
-what (every series, or only those it sent itself) is decided when the sends are planned.
+a later generation is stored, the worker withdraws the earlier ones
+(:mod:`bonect.daemon.withdraw`). Where a destination receives what (every series, or only
+those it sent itself) is decided when the sends are planned.
 """
 
 from __future__ import annotations
@@ -23,35 +26,44 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from pydicom import dcmread
-from pydicom.dataset import Dataset
 
-from bonect.catalog.models import SendStatus
-from bonect.catalog.queue import Catalog
+from bonect.catalog.jobs import JobState
+from bonect.catalog.queue import Catalog, ClaimLost
 from bonect.catalog.records import JobRecord
+from bonect.catalog.tables import SendStatus
 from bonect.config import Destination
 from bonect.converter.dicom_reader import read_mr_files
 from bonect.converter.dicom_writer import write_synthetic_ct
 from bonect.converter.pipeline import convert, method_identity
-from bonect.daemon.metrics import NodeMetrics
-from bonect.daemon.models import ModelHolder
-from bonect.daemon.rejection import rejection_note, rejection_note_uids, write_rejection_note
+from bonect.daemon.model_holder import ModelHolder
+from bonect.daemon.prometheus import NodeMetrics
 from bonect.daemon.sender import (
     STORED_STATUSES,
     DestinationNode,
     OnResult,
     RetryPolicy,
-    SendOutcome,
     SendTimeouts,
     send_files,
 )
-from bonect.errors import BonectError
+from bonect.daemon.withdraw import Withdrawal
+from bonect.errors import PermanentError, RetryableError, storage_errors
 
 logger = logging.getLogger(__name__)
 
 
-class SendIncomplete(BonectError):
+class SendIncomplete(RetryableError):
     """Some instances are not yet stored at some destination (retryable)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a claimed job: the state to record, with why and until when."""
+
+    job: JobRecord
+    state: JobState  # DONE, RETRY_WAIT or FAILED
+    reason: str | None = None
+    retry_at: datetime | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,35 +130,80 @@ class Worker:
         self.clock = clock
         self.metrics = metrics
         self.last_timings = StageTimings()
+        self.unrecorded: Outcome | None = None  # an outcome the catalog could not take yet
+        routes = settings.destinations
+        self.withdrawal = Withdrawal(
+            catalog=catalog,
+            outgoing=outgoing,
+            notes_to={r.name: r.node for r in routes if r.rejection_notes},
+            no_notes=frozenset(r.name for r in routes if not r.rejection_notes),
+            calling_ae=settings.calling_ae,
+            timeouts=settings.timeouts,
+            clock=clock,
+        )
 
     def run_once(self, now: datetime) -> bool:
-        """Process one job if one is due; False when there was nothing to do."""
+        """Process one job if one is due; False when there was nothing to do.
+
+        An outcome the catalog could not take last time is recorded first; while the catalog
+        still refuses it, that error is raised (the node backs off) and nothing is claimed.
+        """
         self.models.refresh()  # between jobs only
+        if self.unrecorded is not None:
+            self._record(self.unrecorded)  # raises while the catalog is unavailable
+            self.unrecorded = None
         job = self.catalog.claim_next(now, worker_id=self.name)
         if job is None:
             return False
         self.last_timings = StageTimings()
+        outcome = self._outcome(job)
+        if outcome is not None:
+            try:
+                self._record(outcome)
+            except Exception as exc:  # the catalog is unavailable: keep it for the next step
+                logger.warning(
+                    "job %d: could not record %s, will again: %s", job.id, outcome.state, exc
+                )
+                self.unrecorded = outcome
+        return True
+
+    def _outcome(self, job: JobRecord) -> Outcome | None:
+        """Process ``job`` and say what became of it; None when it was taken from us."""
         try:
             self._process(job)
-        except (SendIncomplete, OSError) as exc:
+        except ClaimLost as exc:
+            logger.warning("job %d: %s; left to its new holder", job.id, exc)
+            return None
+        except RetryableError as exc:
             if job.attempts >= self.settings.max_attempts:
-                self.catalog.fail(
-                    job, f"gave up after {job.attempts} attempts: {exc}", now=self.clock()
-                )
-            else:
-                at = self.clock() + self.settings.retry.delay(job.attempts)
-                logger.warning(
-                    "job %d: attempt %d failed, retry at %s: %s", job.id, job.attempts, at, exc
-                )
-                self.catalog.retry_later(job, at=at, reason=str(exc), now=self.clock())
-        except BonectError as exc:
-            self.catalog.fail(job, str(exc), now=self.clock())
+                reason = f"gave up after {job.attempts} attempts: {exc}"
+                return Outcome(job, JobState.FAILED, reason)
+            at = self.clock() + self.settings.retry.delay(job.attempts)
+            logger.warning(
+                "job %d: attempt %d failed, retry at %s: %s", job.id, job.attempts, at, exc
+            )
+            return Outcome(job, JobState.RETRY_WAIT, str(exc), retry_at=at)
+        except PermanentError as exc:
+            return Outcome(job, JobState.FAILED, str(exc))
         except Exception as exc:  # boundary: one bad series must not stop the daemon
             logger.exception("job %d failed unexpectedly", job.id)
-            self.catalog.fail(job, f"{type(exc).__name__}: {exc}", now=self.clock())
-        else:
-            logger.info("job %d done: %s", job.id, self.last_timings.seconds)
-        return True
+            return Outcome(job, JobState.FAILED, f"{type(exc).__name__}: {exc}")
+        logger.info("job %d done: %s", job.id, self.last_timings.seconds)
+        return Outcome(job, JobState.DONE, timings=dict(self.last_timings.seconds))
+
+    def _record(self, outcome: Outcome) -> None:
+        """Record ``outcome`` in the catalog; a job no longer ours is left alone."""
+        job, now = outcome.job, self.clock()
+        try:
+            if outcome.state is JobState.DONE:
+                self.catalog.finish(job, now=now, timings=outcome.timings)
+            elif outcome.state is JobState.RETRY_WAIT and outcome.retry_at is not None:
+                reason = outcome.reason or "retry"
+                self.catalog.retry_later(job, at=outcome.retry_at, reason=reason, now=now)
+            else:
+                self.catalog.fail(job, outcome.reason or "failed", now=now)
+        except ClaimLost as exc:
+            logger.warning("job %d: %s; its outcome is dropped", job.id, exc)
 
     def _process(self, job: JobRecord) -> None:
         if job.output_dir is None or not job.output_dir.is_dir():
@@ -154,12 +211,12 @@ class Worker:
         job = self.catalog.mark_sending(job, now=self.clock())
         self._send(job)
         self._withdraw_earlier(job)
-        self.catalog.finish(job, now=self.clock(), timings=self.last_timings.seconds)
 
     def _convert(self, job: JobRecord) -> JobRecord:
         started = time.perf_counter()
         instances = self.catalog.instances(job.series_uid)
-        series = read_mr_files([i.path for i in instances])
+        with storage_errors(f"job {job.id}: reading the MR series"):
+            series = read_mr_files([i.path for i in instances])
         self.last_timings.add("read", started)
         started = time.perf_counter()
         method = self.models.current
@@ -177,20 +234,21 @@ class Worker:
         started = time.perf_counter()
         name, version, clinical = method_identity(method)
         out_dir = self.outgoing / job.series_uid / f"job{job.id}"
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # a half-written output of a dead process
         replaced = [e.generation for e in self.catalog.earlier_jobs(job) if self._was_sent(e)]
-        paths = write_synthetic_ct(
-            conversion.sct.array,
-            series,
-            out_dir,
-            model_name=name,
-            model_version=version,
-            method="classical" if name == "classical" else "U-Net",
-            clinical_use=clinical,
-            generation=job.generation,
-            replaces=max(replaced, default=None),
-        )
+        with storage_errors(f"job {job.id}: writing the sCT to {out_dir}"):
+            if out_dir.exists():
+                shutil.rmtree(out_dir)  # a half-written output of a dead process
+            written = write_synthetic_ct(
+                conversion.sct.array,
+                series,
+                out_dir,
+                model_name=name,
+                model_version=version,
+                method="classical" if name == "classical" else "U-Net",
+                clinical_use=clinical,
+                generation=job.generation,
+                replaces=max(replaced, default=None),
+            )
         self.last_timings.add("write", started)
         now = self.clock()
         job = self.catalog.mark_converted(
@@ -198,16 +256,15 @@ class Worker:
             output_dir=out_dir,
             model_version=f"{name} {version}",
             now=now,
-            output_series_uid=_header(paths[0], "SeriesInstanceUID") if paths else None,
+            output_series_uid=written.series_uid or None,
         )
         names = self._destinations_for(job)
-        self.catalog.plan_sends(
-            job, [(_header(p, "SOPInstanceUID"), p) for p in paths], names, now=now
-        )
+        instances_written = list(zip(written.sop_instance_uids, written.paths, strict=True))
+        self.catalog.plan_sends(job, instances_written, names, now=now)
         logger.info(
             "job %d: %d sCT instances (generation %d) written with %s",
             job.id,
-            len(paths),
+            len(written.paths),
             job.generation,
             method.label,
         )
@@ -261,96 +318,15 @@ class Worker:
             raise SendIncomplete(f"{missing} instance(s) not yet stored")
 
     def _withdraw_earlier(self, job: JobRecord) -> None:
-        """Withdraw the output of every earlier generation, now that this one is stored.
-
-        Idempotent: each later generation checks them all again, and finds the notes sent.
-        """
+        """Withdraw the output of every earlier generation, now that this one is stored."""
         earlier = self.catalog.earlier_jobs(job)
         if not earlier:
             return
         started = time.perf_counter()
-        unanswered = 0
-        for old in earlier:
-            if old.output_dir is not None and old.output_dir.exists():
-                shutil.rmtree(old.output_dir, ignore_errors=True)
-                logger.info("job %d: deleted the output of job %d from the archive", job.id, old.id)
-            unanswered += self._reject(job, old)
+        unanswered = self.withdrawal.withdraw(job, earlier)
         self.last_timings.add("withdraw", started)
         if unanswered:
             raise SendIncomplete(f"{unanswered} rejection note(s) not yet answered")
-
-    def _reject(self, job: JobRecord, old: JobRecord) -> int:
-        """Plan and send the rejection note of ``old``'s series; how many stay unanswered."""
-        if old.output_series_uid is None:
-            return 0
-        _, note_uid = rejection_note_uids(old.output_series_uid)
-        sends = self.catalog.sends(old)
-        images = sorted({s.sop_instance_uid for s in sends if s.sop_instance_uid != note_uid})
-        routes = {r.name: r for r in self.settings.destinations}
-        targets = sorted(
-            {
-                s.destination
-                for s in sends
-                if s.sop_instance_uid != note_uid and s.attempts > 0 and s.destination in routes
-            }
-        )
-        skipped = [t for t in targets if not routes[t].rejection_notes]
-        if skipped:
-            logger.info("job %d: no rejection note of job %d to %s", job.id, old.id, skipped)
-        targets = [t for t in targets if routes[t].rejection_notes]
-        if not targets or not images:
-            return 0
-        path = self.outgoing / job.series_uid / "rejections" / f"job{old.id}.dcm"
-        if not path.exists():
-            write_rejection_note(path, self._note(job, old, images))
-        self.catalog.plan_sends(old, [(note_uid, path)], targets, now=self.clock())
-        pending = [
-            s
-            for s in self.catalog.pending_sends(old)
-            if s.sop_instance_uid == note_uid and s.destination in targets
-        ]
-        unanswered = 0
-        for send in pending:
-            report = send_files(
-                [path],
-                routes[send.destination].node,
-                calling_ae=self.settings.calling_ae,
-                timeouts=self.settings.timeouts,
-            )
-            (result,) = report.results
-            if result.outcome is SendOutcome.FAILED:  # a PACS without IOCM may refuse a KOS
-                logger.warning(
-                    "job %d: %s refused the rejection note of job %d (%s); not sent again",
-                    job.id,
-                    send.destination,
-                    old.id,
-                    result.error,
-                )
-            status = {SendOutcome.STORED: SendStatus.STORED, SendOutcome.FAILED: SendStatus.FAILED}
-            self.catalog.record_send(
-                old,
-                note_uid,
-                send.destination,
-                status=status.get(result.outcome, SendStatus.PENDING),
-                now=self.clock(),
-                status_code=result.status,
-                error=result.error,
-            )
-            unanswered += result.outcome is SendOutcome.UNKNOWN
-        return unanswered
-
-    def _note(self, job: JobRecord, old: JobRecord, images: Sequence[str]) -> Dataset:
-        """The rejection note of ``old``'s sCT series (patient and study from the MR)."""
-        instances = self.catalog.instances(job.series_uid)
-        if not instances:
-            raise OSError(f"series {job.series_uid}: no MR instance left to take the study from")
-        source = dcmread(instances[0].path, stop_before_pixels=True)
-        description = (
-            f"Synthetic CT version {old.generation} (series {old.output_series_uid}) was "
-            f"computed before more images of MR series {job.series_uid} arrived; version "
-            f"{job.generation} (series {job.output_series_uid}) replaces it."
-        )
-        return rejection_note(source, str(old.output_series_uid), images, description=description)
 
     def _send_recorder(self, job: JobRecord, destination: str) -> OnResult:
         """Record each answer as it arrives, so that a series half-sent when the process
@@ -371,8 +347,3 @@ class Worker:
             )
 
         return record
-
-
-def _header(path: Path, keyword: str) -> str:
-    """One UID of the header of a file we wrote."""
-    return str(dcmread(path, stop_before_pixels=True, specific_tags=[keyword])[keyword].value)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bonect.converter.dicom_writer import deterministic_uid
 from bonect.converter.volume import write_nifti
+from bonect.dicom.uids import deterministic_uid
 from bonect.phantom.contrast import Contrast
 from bonect.phantom.dicom import PatientInfo, StudyInfo, write_acquired_series
 from bonect.phantom.generate import Acquisition, PhantomCase, generate_case

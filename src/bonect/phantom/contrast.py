@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from bonect.hounsfield import AIR_HU, HU_RANGE
 from bonect.phantom.anatomy import Tissue
 
 Contrast = Literal["zte", "ute", "gre"]
@@ -16,12 +17,12 @@ F32 = npt.NDArray[np.float32]
 
 # CT numbers (HU) of non-bone tissue; bone is computed from mineralisation.
 CT_HU: dict[Tissue, float] = {
-    Tissue.AIR: -1000.0,
+    Tissue.AIR: AIR_HU,
     Tissue.SOFT: 50.0,
     Tissue.FAT: -95.0,
     Tissue.BRAIN: 35.0,
     Tissue.CSF: 8.0,
-    Tissue.AIR_INTERNAL: -1000.0,
+    Tissue.AIR_INTERNAL: AIR_HU,
     Tissue.SHORT_T2: 85.0,
     Tissue.SUTURE: 60.0,
     Tissue.EYE: 10.0,
@@ -92,7 +93,7 @@ def ct_from_anatomy(
     hu[cancellous] = 130.0 + 620.0 * mineral[cancellous]
     hu = _partial_volume(hu, spacing)
     hu += rng.normal(0.0, 12.0, size=hu.shape).astype(np.float32)
-    return np.clip(hu, -1024.0, 3071.0).astype(np.float32)
+    return np.clip(hu, *HU_RANGE).astype(np.float32)
 
 
 def mr_from_anatomy(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, time
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Literal
 
@@ -31,14 +31,19 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage
 
 import bonect
-from bonect.converter.dicom_writer import (
-    deterministic_uid,
-    file_meta_for,
+from bonect.converter.volume import Volume
+from bonect.dicom.files import file_meta_for, write_datasets
+from bonect.dicom.modules import (
+    general_equipment_module,
+    hu_rescale_module,
+    image_pixel_module,
     image_plane_module,
     slice_is_axial,
-    write_datasets,
+    sop_common_module,
+    voi_lut_module,
 )
-from bonect.converter.volume import Volume
+from bonect.dicom.uids import deterministic_uid
+from bonect.hounsfield import BONE_WINDOW, HU_MAX, HU_MIN
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +51,8 @@ PHANTOM_MANUFACTURER = "Digital Phantom"
 """Manufacturer (0008,0070) of the phantom's acquired series."""
 
 _MR_MAX = 4095
-_CT_INTERCEPT = -1024
-_HU_MIN = -1024
-_HU_MAX = 3071
+_CT_INTERCEPT = HU_MIN  # stored value = HU + 1024: 0..4095 for the whole HU range
+_CT_WINDOWS = ((40, 400, "SOFT TISSUE"), (*BONE_WINDOW, "BONE"))
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ def _mr_pixels(array: npt.NDArray[np.generic]) -> npt.NDArray[np.uint16]:
 
 
 def _ct_pixels(array: npt.NDArray[np.generic]) -> npt.NDArray[np.int16]:
-    hu = np.clip(np.rint(np.asarray(array, dtype=np.float64)), _HU_MIN, _HU_MAX)
+    hu = np.clip(np.rint(np.asarray(array, dtype=np.float64)), HU_MIN, HU_MAX)
     return (hu - _CT_INTERCEPT).astype("<i2")
 
 
@@ -245,6 +249,7 @@ def acquired_series_datasets(
     else:
         pixels = _ct_pixels(volume.array)
         sop_class = CTImageStorage
+    acquired = datetime.combine(study.study_date, study.study_time)
     day = study.study_date.strftime("%Y%m%d")
     clock = study.study_time.strftime("%H%M%S")
 
@@ -254,11 +259,8 @@ def acquired_series_datasets(
         ds = Dataset()
         ds.file_meta = file_meta_for(sop_class, instance_uid)
         _patient_study(ds, patient, study)
-        # SOP Common
-        ds.SOPClassUID = sop_class
+        ds.update(sop_common_module(sop_class, created=acquired))
         ds.SOPInstanceUID = instance_uid
-        ds.InstanceCreationDate = day
-        ds.InstanceCreationTime = clock
         # General Series
         ds.Modality = modality
         ds.SeriesInstanceUID = series_uid
@@ -271,10 +273,13 @@ def acquired_series_datasets(
         # Frame of Reference
         ds.FrameOfReferenceUID = frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
-        # General Equipment
-        ds.Manufacturer = PHANTOM_MANUFACTURER
-        ds.ManufacturerModelName = f"bonect {modality} phantom"
-        ds.SoftwareVersions = f"bonect {bonect.__version__}"
+        ds.update(
+            general_equipment_module(
+                PHANTOM_MANUFACTURER,
+                model_name=f"bonect {modality} phantom",
+                software_versions=f"bonect {bonect.__version__}",
+            )
+        )
         # General Acquisition, General Image
         ds.AcquisitionNumber = 1
         ds.AcquisitionDate = day
@@ -285,30 +290,16 @@ def acquired_series_datasets(
         ds.BurnedInAnnotation = "NO"
         # Image Plane
         ds.update(image_plane_module(volume.affine, k))
-        # Image Pixel
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
-        ds.BitsAllocated = 16
         if modality == "MR":
             _mr_attributes(ds, protocol)
-            ds.BitsStored = 12
-            ds.HighBit = 11
-            ds.PixelRepresentation = 0
+            ds.update(image_pixel_module(rows, columns, bits_stored=12, signed=False))
             ds.WindowCenter = "2048"
             ds.WindowWidth = "4096"
         else:
             _ct_attributes(ds, axial=axial, columns=columns, column_spacing=column_spacing)
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1
-            ds.RescaleIntercept = str(_CT_INTERCEPT)
-            ds.RescaleSlope = "1"
-            ds.RescaleType = "HU"
-            ds.WindowCenter = ["40", "500"]
-            ds.WindowWidth = ["400", "2000"]
-            ds.WindowCenterWidthExplanation = ["SOFT TISSUE", "BONE"]
+            ds.update(image_pixel_module(rows, columns, bits_stored=16, signed=True))
+            ds.update(hu_rescale_module(_CT_INTERCEPT))
+            ds.update(voi_lut_module(_CT_WINDOWS))
         ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
         datasets.append(ds)
     return datasets

@@ -31,10 +31,11 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from bonect.converter.model_folder import Manifest
 from bonect.converter.preprocess import PLANE_AXIS, PREPROCESSING_VERSION, prepare, slices, to_cube
 from bonect.converter.volume import read_nifti
 from bonect.errors import SeriesError
+from bonect.hounsfield import AIR_HU
+from bonect.registry import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def cache_key(source: PairSource, size: int, min_head_fraction: float) -> str:
 
 def _slices(source: PairSource, size: int, min_head_fraction: float) -> dict[str, Any]:
     prepared = prepare(read_nifti(source.mr), size)
-    ct = to_cube(read_nifti(source.ct), prepared.cube, cval=-1000.0)
+    ct = to_cube(read_nifti(source.ct), prepared.cube, cval=AIR_HU)
     target = (np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
     inputs, targets, planes = [], [], []
     for plane, axis in PLANE_AXIS.items():

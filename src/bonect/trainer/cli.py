@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bonect import __version__
-from bonect.cli import positive_int, run, spacing_arg
+from bonect.cli_boundary import positive_int, run, spacing_arg
 from bonect.config import Config, find_config, load_config
 from bonect.errors import BonectError, ConfigError
 from bonect.trainer.sites import SiteStore
@@ -103,7 +103,7 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from bonect.trainer.augment import registered_pairs
+    from bonect.trainer.generalizability import registered_pairs
     from bonect.trainer.pairs import format_pairs
 
     config = _load(args)
@@ -117,7 +117,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bonect.trainer.augment import evaluate
+    from bonect.trainer.generalizability import evaluate
 
     config = _load(args)
     evaluate(
@@ -133,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from bonect.trainer.augment import augment
+    from bonect.trainer.generalizability import augment
 
     config = _load(args)
     harvest = None if args.no_harvest or args.site != "local" else (lambda: _harvest(config))
@@ -149,7 +149,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from bonect.trainer.registry import versions
+    from bonect.registry import versions
 
     config = _load(args)
     found = versions(config.model_registry)
@@ -170,7 +170,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from bonect.trainer.registry import promote
+    from bonect.registry import promote
 
     config = _load(args)
     promote(config.model_registry, args.version, reason=args.reason or "promoted by hand")
@@ -179,7 +179,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from bonect.trainer.registry import rollback
+    from bonect.registry import rollback
 
     config = _load(args)
     previous = rollback(config.model_registry)

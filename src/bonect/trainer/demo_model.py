@@ -26,13 +26,14 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from bonect.converter.model_folder import Manifest, TrainingProvenance, save_model
-from bonect.converter.models import LightUNet, count_parameters
+from bonect.converter.model_folder import save_model
+from bonect.converter.networks import LightUNet, count_parameters
 from bonect.converter.preprocess import PLANE_AXIS, prepare, slices, to_cube
+from bonect.hounsfield import AIR_HU, HU_MAX, HU_MIN
 from bonect.phantom.generate import ORIENTATIONS, Acquisition, generate_case
+from bonect.registry import Manifest, TrainingProvenance
 
 logger = logging.getLogger(__name__)
-HU_MIN, HU_MAX = -1024.0, 3071.0
 
 
 def slice_pairs(
@@ -46,7 +47,7 @@ def slice_pairs(
             seed, i, acquisition=Acquisition(orientation, (2.0, 1.6, 1.6)), ct_acquisition=None
         )
         prepared = prepare(case.mr, size)
-        ct = to_cube(case.ct_on_mr, prepared.cube, cval=-1000.0)
+        ct = to_cube(case.ct_on_mr, prepared.cube, cval=AIR_HU)
         target = (np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
         for plane in PLANE_AXIS:
             frac = slices(prepared.cube_mask, plane).mean(axis=(1, 2))

@@ -2,9 +2,9 @@
 
 A method (the current model, the classical map, or a network just trained) converts each test
 pair's MR through the converter's own pipeline; the synthetic CT is scored against the registered
-CT inside the MR-derived head mask with :func:`bonect.metrics.compute_metrics`. Cross-validation
-splits *patients* (not slices) into k folds, repeated with other splits; sites that are always
-in the training set (external data) are added to every fold's training set.
+CT inside the MR-derived head mask with :func:`bonect.metrics_report.compute_metrics`.
+Cross-validation splits *patients* (not slices) into k folds, repeated with other splits; sites
+that are always in the training set (external data) are added to every fold's training set.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bonect.converter.model_folder import LoadedModel, Manifest
+from bonect.converter.model_folder import LoadedModel
 from bonect.converter.pipeline import Method, convert, method_identity
 from bonect.converter.preprocess import head_mask
 from bonect.converter.volume import read_nifti, write_nifti
 from bonect.errors import BonectError
-from bonect.metrics import Metrics, compute_metrics, mean_ci95
+from bonect.metrics_report import Metrics, compute_metrics, mean_ci95
+from bonect.registry import Manifest
 from bonect.trainer.cache import CachedPair, build_cache
 from bonect.trainer.pairs import PairState
 from bonect.trainer.training import TrainingOptions, TrainingResult, train

@@ -37,6 +37,7 @@ from scipy import ndimage
 from bonect.converter.preprocess import head_mask
 from bonect.converter.volume import Volume
 from bonect.errors import BonectError
+from bonect.hounsfield import AIR_HU
 from bonect.trainer.overlay import (
     BODY_HU,
     DEFAULT_THRESHOLD,
@@ -63,7 +64,6 @@ Mask = npt.NDArray[np.bool_]
 
 WORKING_MM = 3.0  # voxel size the registration works at (the images are averaged down to it)
 CT_CLIP = (-1000.0, 2000.0)  # CT range seen by the metric (metal and air would waste bins)
-AIR_HU = -1000.0
 MIN_HEAD_COVERAGE = 0.5  # fraction of the MR head the CT must cover after registration
 HISTOGRAM_BINS = 48
 AFFINE_SCALE_LIMITS = (0.9, 1.1)  # singular values an affine result may have (see _optimise)

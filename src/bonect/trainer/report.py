@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bonect.converter.volume import read_nifti
 from bonect.figures import figure_one
-from bonect.metrics import format_table
+from bonect.metrics_report import format_table
 from bonect.trainer.evaluate import Evaluation, PatientResult
 from bonect.trainer.pairs import PairState
 

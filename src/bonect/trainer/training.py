@@ -2,7 +2,7 @@
 
 Slices come from the memory-mapped :mod:`~bonect.trainer.cache` (a batch is gathered, sorted for
 locality and copied into a float32 tensor by a background thread while the model works on the
-previous one), are augmented on the device (:mod:`~bonect.trainer.augmentation`) and fed
+previous one), are augmented on the device (:mod:`~bonect.trainer.batch_augmentation`) and fed
 channels-last to the network; CUDA runs under autocast with a gradient scaler. Every epoch's
 randomness (order of the slices, augmentation) is seeded from ``(seed, epoch)``, and after every
 epoch ``checkpoint.pt`` is replaced atomically, so a run resumed after an interruption retraces
@@ -29,9 +29,9 @@ from torch import nn
 from tqdm import tqdm
 
 from bonect.converter.inference import pick_device
-from bonect.converter.model_folder import Manifest, TrainingProvenance
-from bonect.converter.models import ARCHITECTURES, build_model, count_parameters
-from bonect.trainer.augmentation import augment
+from bonect.converter.networks import ARCHITECTURES, build_model, count_parameters
+from bonect.registry import Manifest, TrainingProvenance
+from bonect.trainer.batch_augmentation import augment
 from bonect.trainer.cache import HU_MAX, HU_MIN, CachedPair, SliceIndex, split_patients
 from bonect.trainer.curves import (
     CHECKPOINT,

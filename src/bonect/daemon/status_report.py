@@ -1,0 +1,75 @@
+"""What ``bonect-daemon status`` and ``bonect-daemon jobs`` print, from the catalog's records.
+
+Plain functions over :class:`~bonect.catalog.queue.Catalog` methods, returning lines of text;
+:mod:`bonect.daemon.cli` prints them. Times are shown in the local time zone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bonect.catalog import Catalog, JobState, SendStatus, SettleState
+
+
+def _local(at: datetime) -> str:
+    return at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def status_lines(catalog: Catalog, now: datetime, *, model: str) -> list[str]:
+    """What ``bonect-daemon status`` prints: queue, model, timings of the last job, errors.
+
+    ``model`` is the line that says which method converts (see
+    :func:`bonect.daemon.cli.model_summary`).
+    """
+    counts = catalog.counts_by_state()
+    lines = ["jobs: " + ", ".join(f"{state.value} {n}" for state, n in counts.items())]
+    receiving = len(catalog.list_series(settle_state=SettleState.OPEN))
+    oldest = catalog.oldest_waiting_since()
+    age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+    waiting = "" if oldest is None else f", oldest waiting job {age:.0f} s"
+    lines.append(f"series being received: {receiving}{waiting}")
+    lines.append(f"model: {model}")
+    last = catalog.last_done_timeline()
+    if last is not None:
+        used = f", {last.model_version}" if last.model_version else ""
+        retried = f", {last.attempts} attempts" if last.attempts > 1 else ""
+        lines.append(
+            f"last done: job {last.job_id} (series {last.series_uid}{used}{retried}), "
+            f"generation {last.generation}"
+        )
+        lines.append("  " + ", ".join(f"{name} {s:.1f} s" for name, s in last.stages()))
+    errors = []
+    for job in catalog.jobs(JobState.FAILED, limit=5):
+        errors.append(f"  job {job.id} failed {_local(job.updated_at)}: {job.last_error}")
+    for job in catalog.jobs(JobState.RETRY_WAIT, limit=5):
+        sends = {
+            f"{s.destination}: {s.last_error or f'status 0x{s.last_status_code:04X}'}"
+            for s in catalog.sends(job)
+            if s.status == SendStatus.PENDING and (s.last_error or s.last_status_code)
+        }
+        detail = f" ({'; '.join(sorted(sends))})" if sends else ""
+        errors.append(
+            f"  job {job.id} retries at {_local(job.not_before)} (attempt {job.attempts}): "
+            f"{job.last_error}{detail}"
+        )
+    lines.append("last errors:" if errors else "last errors: none")
+    lines.extend(errors)
+    return lines
+
+
+def job_lines(catalog: Catalog, state: str | None, limit: int) -> list[str]:
+    """One line per job, newest first: id, state, last change, generation, attempts, series,
+    reason; a done job whose series was converted again since says which generation replaced
+    it."""
+    jobs = catalog.jobs(JobState(state) if state else None, limit=limit)
+    newest = catalog.newest_done_generations({job.series_uid for job in jobs})
+    lines = []
+    for job in jobs:
+        reason = f"  {job.last_error}" if job.last_error else ""
+        if job.state == JobState.DONE and newest.get(job.series_uid, 0) > job.generation:
+            reason = f"  replaced by generation {newest[job.series_uid]}{reason}"
+        lines.append(
+            f"{job.id:6d}  {job.state.value:10s}  {_local(job.updated_at)}  "
+            f"gen {job.generation}  attempts {job.attempts}  {job.series_uid}{reason}"
+        )
+    return lines

@@ -1,0 +1,1 @@
+"""DICOM building blocks shared by every part: UIDs, files, modules, geometry, instance headers."""

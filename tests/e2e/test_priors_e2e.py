@@ -1,0 +1,243 @@
+"""Prefetch of priors against Orthanc as the PACS: the daemon finds each bone-MR patient's CT.
+
+Orthanc (started here, bonect declared in its ``DicomModalities`` for C-MOVE, C-FIND / C-MOVE /
+C-GET allowed) is loaded with five patients' studies; each patient's bone MR is then sent to
+``bonect-daemon start`` with a ``[[sources]]`` entry for Orthanc:
+
+* A: a CT two months before the MR: retrieved, once;
+* B: a CT two years before: not retrieved, the task says it is outside the window;
+* C: a CT of another patient with a similar name: never retrieved;
+* D: no CT: the search ends "none found";
+* E: a scout and a real CT in one study: only the real CT is retrieved.
+
+Small synthetic series (tests/series_factory.py) keep the whole run short.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import generate_uid
+
+from dicom_peers import LOCALHOST, free_port, storescu
+from e2e.conftest import PEERS_MISSING, Daemon, OrthancOnPort, StartDaemon
+from series_factory import make_mr_series, write_series
+
+pytestmark = pytest.mark.skipif(PEERS_MISSING, reason="needs Debian's dcmtk and orthanc")
+
+MR_DATE = "20260301"
+ISSUER = "HOSPITAL-A"
+
+
+class QueryRetrievePacs(OrthancOnPort):
+    """Orthanc that knows bonect as a modality: it may store, find, move and get."""
+
+    def __init__(self, folder: Path, *, dicom_port: int, bonect_port: int) -> None:
+        super().__init__(folder, dicom_port=dicom_port, allowed_aets=("BONECT",))
+        self.bonect_port = bonect_port
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        config["DicomModalities"] = {
+            "bonect": {
+                "AET": "BONECT",
+                "Host": LOCALHOST,
+                "Port": self.bonect_port,
+                "AllowEcho": True,
+                "AllowStore": True,
+                "AllowFind": True,
+                "AllowMove": True,
+                "AllowGet": True,
+            }
+        }
+        return config
+
+    def upload(self, paths: list[Path]) -> None:
+        """Store files through the REST API (as if they had been there for years)."""
+        for path in paths:
+            request = urllib.request.Request(
+                f"{self.url}/instances", data=path.read_bytes(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+
+
+@dataclass
+class Patient:
+    mr: list[Path]
+    mr_series: str
+    wanted: list[str]  # CT series UIDs to be retrieved
+    unwanted: list[str]  # CT series UIDs at the PACS never to be retrieved
+
+
+def _series(
+    folder: Path,
+    *,
+    modality: str,
+    patient_id: str,
+    name: str,
+    study_date: str,
+    description: str,
+    study_uid: str,
+    slices: int = 6,
+    localizer: bool = False,
+) -> tuple[list[Path], str]:
+    datasets = make_mr_series(
+        (slices, 12, 12),
+        (3.0, 2.0, 2.0),
+        modality=modality,
+        patient_id=patient_id,
+        patient_name=name,
+        series_description=description,
+        study_uid=study_uid,
+    )
+    for ds in datasets:
+        ds.StudyDate = study_date
+        ds.SeriesDate = study_date
+        ds.IssuerOfPatientID = ISSUER
+        if localizer:
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    paths = write_series(datasets, folder)
+    return paths, str(datasets[0].SeriesInstanceUID)
+
+
+def make_patients(root: Path, pacs: QueryRetrievePacs) -> dict[str, Patient]:
+    patients: dict[str, Patient] = {}
+    ct_dates = {"A": "20260101", "B": "20240301", "C": None, "D": None, "E": "20260215"}
+    for key, ct_date in ct_dates.items():
+        pid, name = f"PRIOR-{key}", f"Doe^Jane{key}"
+        mr, mr_uid = _series(
+            root / key / "mr",
+            modality="MR",
+            patient_id=pid,
+            name=name,
+            study_date=MR_DATE,
+            description="ZTE bone ZTE",
+            study_uid=generate_uid(),
+        )
+        wanted: list[str] = []
+        unwanted: list[str] = []
+        if ct_date is not None:
+            ct_study = generate_uid()
+            ct, ct_uid = _series(
+                root / key / "ct",
+                modality="CT",
+                patient_id=pid,
+                name=name,
+                study_date=ct_date,
+                description="Head 1.0 H30s",
+                study_uid=ct_study,
+            )
+            pacs.upload(ct)
+            (wanted if key in ("A", "E") else unwanted).append(ct_uid)
+            if key == "E":
+                scout, scout_uid = _series(
+                    root / key / "scout",
+                    modality="CT",
+                    patient_id=pid,
+                    name=name,
+                    study_date=ct_date,
+                    description="Scout",
+                    study_uid=ct_study,
+                    slices=1,
+                    localizer=True,
+                )
+                pacs.upload(scout)
+                unwanted.append(scout_uid)
+        if key == "C":  # another patient, a similar name, a CT in the window
+            other, other_uid = _series(
+                root / key / "other",
+                modality="CT",
+                patient_id="PRIOR-C2",
+                name="Doe^JaneC",
+                study_date="20260201",
+                description="Head 1.0 H30s",
+                study_uid=generate_uid(),
+            )
+            pacs.upload(other)
+            unwanted.append(other_uid)
+        patients[key] = Patient(mr, mr_uid, wanted, unwanted)
+    return patients
+
+
+def tasks(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    rows = daemon.catalog.rows(
+        "SELECT mr_series_uid, state, reason, attempts, id FROM prior_tasks ORDER BY id"
+    )
+    keys = ("mr_series_uid", "state", "reason", "attempts", "id")
+    return {row[0]: dict(zip(keys, row, strict=True)) for row in rows}
+
+
+def retrieved(daemon: Daemon) -> list[tuple[str, str, str]]:
+    return [
+        (str(r[0]), str(r[1]), str(r[2]))
+        for r in daemon.catalog.rows(
+            "SELECT p.series_uid, p.state, t.mr_series_uid FROM prior_retrievals p "
+            "JOIN prior_tasks t ON t.id = p.task_id"
+        )
+    ]
+
+
+@pytest.mark.parametrize("retrieve", ["move", "get"])
+def test_priors_found_and_retrieved(
+    tmp_path: Path, start_daemon: StartDaemon, retrieve: str
+) -> None:
+    pacs_port = free_port()
+    daemon = start_daemon(pacs_port=pacs_port, start=False)
+    with QueryRetrievePacs(
+        tmp_path / "orthanc", dicom_port=pacs_port, bonect_port=daemon.port
+    ) as pacs:
+        patients = make_patients(tmp_path / "patients", pacs)
+        with daemon.config.open("a", encoding="utf-8") as config:
+            config.write(
+                "\n[[sources]]\n"
+                'name = "orthanc"\n'
+                'ae_title = "PACS"\n'
+                f'host = "{LOCALHOST}"\n'
+                f"port = {pacs_port}\n"
+                f'retrieve = "{retrieve}"\n'
+            )
+        daemon.start()
+        for patient in patients.values():
+            sent = storescu(daemon.port, patient.mr)
+            assert sent.returncode == 0, sent.stderr
+
+        final = ("done", "none_found", "failed")
+
+        def all_ended() -> bool:
+            found = tasks(daemon)
+            return len(found) == len(patients) and all(t["state"] in final for t in found.values())
+
+        daemon.wait_for(all_ended, "every prior search to end", timeout=120)
+        found = tasks(daemon)
+        states = {key: found[p.mr_series]["state"] for key, p in patients.items()}
+        assert states == {
+            "A": "done",
+            "B": "none_found",
+            "C": "none_found",
+            "D": "none_found",
+            "E": "done",
+        }, found
+        assert "outside the pairing window" in found[patients["B"].mr_series]["reason"]
+        assert "no CT study" in found[patients["D"].mr_series]["reason"]
+        # exactly the wanted series were asked for, once each, for the right MR
+        rows = retrieved(daemon)
+        expected = {(uid, "retrieved", p.mr_series) for p in patients.values() for uid in p.wanted}
+        assert sorted(rows) == sorted(expected)
+        for patient in patients.values():
+            for uid in patient.wanted:
+
+                def arrived(uid: str = uid) -> bool:
+                    role = daemon.catalog.scalar(
+                        "SELECT role FROM series WHERE series_uid = ?", (uid,)
+                    )
+                    return role == "keep_ct" and daemon.catalog.instance_count(uid) == 6
+
+                daemon.wait_for(arrived, f"CT {uid} archived as keep_ct", timeout=60)
+            for uid in patient.unwanted:
+                assert daemon.catalog.instance_count(uid) == 0, uid
+        assert daemon.stop() == 0

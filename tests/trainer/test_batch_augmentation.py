@@ -1,0 +1,108 @@
+"""Batch augmentation: aligned geometry, contrast on the input only, [0, 1], seeded."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bonect.trainer.batch_augmentation import GEOMETRY_ONLY, AugmentationOptions, augment
+
+N, SIZE = 6, 32
+
+
+def _batch(seed: int = 0) -> torch.Tensor:
+    """Smooth random images in [0, 1] with a sharp bright square: features to misalign."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(N, 1, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear") * 0.6
+    x[:, :, 5:12, 18:27] = 1.0
+    return x
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_geometry_keeps_input_and_target_aligned() -> None:
+    image = _batch()
+    x, y = augment(image, image.clone(), _generator(1), GEOMETRY_ONLY)
+    assert torch.equal(x, y)
+    assert not torch.allclose(x, image, atol=1e-3)  # it did move
+
+
+def test_contrast_changes_the_input_only() -> None:
+    image = _batch()
+    x_geo, y_geo = augment(image, image.clone(), _generator(2), GEOMETRY_ONLY)
+    x, y = augment(image, image.clone(), _generator(2))
+    assert torch.equal(y, y_geo)  # target: same geometry, no contrast change
+    assert not torch.allclose(x, x_geo, atol=1e-3)
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0, None])
+def test_values_stay_in_the_unit_interval(fill: float | None) -> None:
+    image = _batch() if fill is None else torch.full((N, 1, SIZE, SIZE), fill)
+    strong = AugmentationOptions(contrast_probability=1.0, bias_log_std=1.0, max_noise=0.5)
+    x, y = augment(image, image.clone(), _generator(3), strong)
+    for t in (x, y):
+        assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+        assert torch.isfinite(t).all()
+
+
+def test_a_seed_fixes_the_result() -> None:
+    image = _batch()
+    a = augment(image, image.clone(), _generator(4))
+    b = augment(image, image.clone(), _generator(4))
+    c = augment(image, image.clone(), _generator(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_flips_alone_give_one_of_the_four_mirror_images() -> None:
+    image = _batch()
+    only_flips = replace(GEOMETRY_ONLY, max_rotation_deg=0.0, max_crop=0.0)
+    x, _ = augment(image, image.clone(), _generator(6), only_flips)
+    seen = set()
+    for i in range(N):
+        variants = {
+            "none": image[i],
+            "h": image[i].flip(-1),
+            "v": image[i].flip(-2),
+            "hv": image[i].flip(-1).flip(-2),
+        }
+        matches = [k for k, v in variants.items() if torch.allclose(x[i], v, atol=1e-5)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 1
+
+
+def test_rotation_and_crop_stay_small() -> None:
+    """At most 10° and 10 %: the bright square's centre moves by a few pixels only."""
+    image = torch.zeros(N, 1, SIZE, SIZE)
+    image[:, :, 12:20, 12:20] = 1.0  # centred: rotation and zoom about the centre keep it there
+    no_flips = replace(GEOMETRY_ONLY, flip=False)
+    x, _ = augment(image, image.clone(), _generator(7), no_flips)
+    rows = torch.arange(SIZE, dtype=torch.float32).view(1, SIZE, 1)
+    for i in range(N):
+        weight = x[i] / x[i].sum()
+        centre_row = float((weight * rows).sum())
+        centre_col = float((weight * rows.transpose(1, 2)).sum())
+        assert abs(centre_row - 15.5) < 2.0 and abs(centre_col - 15.5) < 2.0
+        assert 0.75 < float(x[i].sum()) / 64 < 1.3  # area kept within the crop's zoom
+
+
+def test_the_contrast_curve_is_monotone() -> None:
+    ramp = torch.linspace(0, 1, SIZE).repeat(N, 1, SIZE, 1)
+    curves_only = AugmentationOptions(
+        contrast_probability=1.0, bias_log_std=0.0, max_noise=0.0, max_curve_blend=1.0
+    )
+    plain = replace(curves_only, flip=False, max_rotation_deg=0.0, max_crop=0.0)
+    x, _ = augment(ramp, ramp.clone(), _generator(8), plain)
+    assert (x[:, :, :, 1:] - x[:, :, :, :-1] >= -1e-6).all()
+    assert not torch.allclose(x, ramp, atol=1e-3)
+
+
+def test_mismatched_batches_are_refused() -> None:
+    with pytest.raises(ValueError, match="expected two"):
+        augment(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 9), _generator(0))
