@@ -34,6 +34,10 @@ class NodeConfig(BaseModel, frozen=True, extra="forbid"):
     ae_title: str = Field(default="BONECT", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
+    max_associations: int = Field(default=10, ge=1, le=1000)  # associations at once
+    max_pending_connections: int = Field(default=64, ge=1, le=10000)  # not yet associated
+    request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)  # TLS + A-ASSOCIATE-RQ
+    idle_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)  # silent association
 
 
 class StorageConfig(BaseModel, frozen=True, extra="forbid"):
@@ -90,6 +94,7 @@ class CatalogConfig(BaseModel, frozen=True, extra="forbid"):
 
 class SettleConfig(BaseModel, frozen=True, extra="forbid"):
     quiet_seconds: float = Field(default=60.0, gt=0)
+    aborted_quiet_seconds: float = Field(default=3600.0, gt=0)  # after an aborted association
 
 
 class ConverterConfig(BaseModel, frozen=True, extra="forbid"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -26,9 +27,13 @@ from bonect.config import (
     SenderConfig,
     StorageConfig,
 )
+from bonect.daemon.archive import Archive
 from bonect.daemon.node import Node
+from bonect.daemon.receive import Receiver
+from bonect.daemon.scp import StorageServer
 from catalog.catalog_support import FakeClock
 from daemon.node_support import LOCALHOST, MakePacs, OpenNode, Pacs
+from daemon.scp_support import NOW, FakeDisk, Pki, RecordingSink, ScpNode, StartNode, make_pki
 
 
 @pytest.fixture
@@ -96,3 +101,35 @@ def open_node(tmp_path: Path, clock: FakeClock) -> Iterator[OpenNode]:
 def node(open_node: OpenNode, pacs: Pacs) -> Node:
     """A node whose one destination, ``pacs``, is :func:`pacs`."""
     return open_node([pacs.destination("pacs")])
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[StartNode]:
+    servers: list[StorageServer] = []
+
+    def start(**kwargs: Any) -> ScpNode:
+        archive = Archive.open(tmp_path / "var")
+        sink = kwargs.pop("sink", RecordingSink())
+        disk = FakeDisk()
+        receiver = Receiver(
+            archive=archive,
+            sink=sink,
+            reserve_bytes=kwargs.pop("reserve_bytes", 0),
+            free_bytes=disk.free_bytes,
+            clock=lambda: NOW,
+        )
+        server = StorageServer.start(
+            ae_title="BONECT", host="127.0.0.1", port=0, receiver=receiver, **kwargs
+        )
+        servers.append(server)
+        return ScpNode(server, archive, sink, disk)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A CA and a server and a client certificate signed by it (needs openssl)."""
+    return make_pki(tmp_path)

@@ -88,3 +88,17 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
 
 def test_free_bytes_is_the_disk_of_the_archive(tmp_path: Path) -> None:
     assert Archive.open(tmp_path).free_bytes() > 0
+
+
+def test_partial_writes_left_by_a_killed_process_are_removed(tmp_path: Path) -> None:
+    archive = Archive.open(tmp_path / "archive")
+    kept = archive.write(_ref(), b"instance")
+    strays = [kept.parent / ".abc123.part", archive.incoming / "x" / ".def456.part"]
+    for stray in strays:
+        stray.parent.mkdir(parents=True, exist_ok=True)
+        stray.write_bytes(b"half an instance")
+
+    assert archive.remove_partial_writes() == 2
+    assert not any(stray.exists() for stray in strays)
+    assert kept.read_bytes() == b"instance"
+    assert archive.remove_partial_writes() == 0

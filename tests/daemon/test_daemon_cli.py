@@ -28,6 +28,7 @@ from bonect.cli_boundary import EXIT_CONFIG
 from bonect.config import Config, ConverterConfig, StorageConfig, load_config
 from bonect.daemon.cli import model_summary
 from catalog.catalog_support import START, FakeClock, receive, series_headers
+from daemon.scp_support import Pki
 from dicom_peers import free_port
 
 DAEMON = Path(sys.executable).parent / "bonect-daemon"
@@ -186,6 +187,28 @@ def test_check_config_finds_missing_files(tmp_path: Path) -> None:
     assert f"security.tls_certificate: {tmp_path}/tls/node.pem does not exist" in result.stderr
     assert f"security.tls_key: {tmp_path}/tls/node.key does not exist" in result.stderr
     assert f"converter.model: {tmp_path}/models/mine: not a model folder" in result.stderr
+
+
+def test_check_config_loads_the_tls_files_and_says_what_the_node_accepts(
+    tmp_path: Path, pki: Pki
+) -> None:
+    tls = (
+        f'[security]\ntls_certificate = "{pki.server_cert}"\ntls_key = "{pki.server_key}"\n'
+        f'tls_ca = "{pki.ca}"\nallowed_networks = ["10.1.2.0/24"]\n'
+    )
+    result = run(write_config(tmp_path, extra=tls), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"DICOM TLS only (TLS 1.2+), client certificates signed by {pki.ca}" in result.stdout
+    assert "peers: 10.1.2.0/24; calling AE titles: any" in result.stdout
+    assert "limits: 10 associations, 64 connections waiting" in result.stdout
+
+    mismatched = tls.replace(str(pki.server_key), str(pki.client_key))  # another key
+    result = run(write_config(tmp_path, extra=mismatched), "check-config")
+    assert result.returncode == EXIT_CONFIG
+    assert "security.tls_certificate: cannot load it with its key and CA" in result.stderr
+
+    plain = run(write_config(tmp_path), "check-config")
+    assert "plain DICOM (no TLS)" in plain.stdout and "peers: loopback only" in plain.stdout
 
 
 def test_check_config_needs_a_driver_for_the_catalog_url(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ class Sink:
         self.records.append((header, path, received_at, association_id, calling_ae))
         self.recorded.set()
 
-    def association_ended(self, association_id: str, at: datetime) -> None:
+    def association_ended(self, association_id: str, at: datetime, *, aborted: bool) -> None:
         self.ended.append(association_id)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from bonect.phantom.cohort import WrittenPatient
 from catalog.catalog_support import FakeClock
 from daemon.node_support import (
     LOCALHOST,
+    OpenNode,
     Pacs,
     assert_no_patient_identity_logged,
     assert_one_sct_series,
@@ -101,3 +103,13 @@ def test_a_series_that_never_completes_its_geometry_settles_after_the_quiet_time
     assert job.state == JobState.FAILED
     assert job.last_error  # the reason, for `bonect-daemon status`
     assert pacs.received == []
+
+
+def test_opening_the_node_removes_partial_writes_of_a_killed_process(
+    tmp_path: Path, open_node: OpenNode
+) -> None:
+    stray = tmp_path / "var0" / "archive" / "incoming" / "1.2.3" / ".abc.part"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half an instance")
+    open_node([])
+    assert not stray.exists()

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +19,28 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
-    MRImageStorage,
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE, build_context
-from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from bonect.daemon.archive import Archive
 from bonect.daemon.receive import Receiver
 from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
-from bonect.dicom.header import InstanceHeader, read_header
+from bonect.dicom.header import read_header
 from bonect.errors import ConfigError
+from daemon.scp_support import (
+    NOW,
+    Pki,
+    RecordingSink,
+    StartNode,
+    archived,
+    associate,
+    rejection,
+)
 from dicom_peers import echoscu, have, storescu
 from series_factory import make_mr_series, write_series
 
-NOW = datetime(2026, 11, 25, 8, 30, tzinfo=UTC)
 #: storescu proposes only uncompressed syntaxes unless told (it would decompress, or fail)
 STORESCU_PROPOSE = {
     DeflatedExplicitVRLittleEndian: ["-xd"],
@@ -50,87 +49,6 @@ STORESCU_PROPOSE = {
     JPEG2000Lossless: ["-xv"],
 }
 needs_dcmtk = pytest.mark.skipif(not have("storescu"), reason="DCMTK is not installed")
-
-
-@dataclass
-class Recorded:
-    header: InstanceHeader
-    path: Path
-    received_at: datetime
-    association_id: str
-    calling_ae: str | None
-
-
-@dataclass
-class RecordingSink:
-    """An InstanceSink that remembers; ``fail_with`` makes ``record`` raise."""
-
-    fail_with: Exception | None = None
-    records: list[Recorded] = field(default_factory=list)
-    ended: list[tuple[str, datetime]] = field(default_factory=list)
-    ended_event: threading.Event = field(default_factory=threading.Event)
-
-    def record(
-        self,
-        header: InstanceHeader,
-        path: Path,
-        *,
-        received_at: datetime,
-        association_id: str,
-        calling_ae: str | None,
-    ) -> None:
-        if self.fail_with is not None:
-            raise self.fail_with
-        self.records.append(Recorded(header, path, received_at, association_id, calling_ae))
-
-    def association_ended(self, association_id: str, at: datetime) -> None:
-        self.ended.append((association_id, at))
-        self.ended_event.set()
-
-
-@dataclass
-class FakeDisk:
-    free: int = 10**12
-
-    def free_bytes(self) -> int:
-        return self.free
-
-
-@dataclass
-class Node:
-    server: StorageServer
-    archive: Archive
-    sink: RecordingSink
-    disk: FakeDisk
-
-
-StartNode = Callable[..., Node]
-
-
-@pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[StartNode]:
-    servers: list[StorageServer] = []
-
-    def start(**kwargs: Any) -> Node:
-        archive = Archive.open(tmp_path / "var")
-        sink = kwargs.pop("sink", RecordingSink())
-        disk = FakeDisk()
-        receiver = Receiver(
-            archive=archive,
-            sink=sink,
-            reserve_bytes=kwargs.pop("reserve_bytes", 0),
-            free_bytes=disk.free_bytes,
-            clock=lambda: NOW,
-        )
-        server = StorageServer.start(
-            ae_title="BONECT", host="127.0.0.1", port=0, receiver=receiver, **kwargs
-        )
-        servers.append(server)
-        return Node(server, archive, sink, disk)
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -151,27 +69,6 @@ def series_files(folder: Path, transfer_syntax: UID, n: int = 3) -> list[Path]:
     return write_series(datasets, folder)
 
 
-def associate(
-    port: int,
-    contexts: Sequence[tuple[str, str]] = ((MRImageStorage, ExplicitVRLittleEndian),),
-    *,
-    calling: str = "MODALITY",
-    called: str = "BONECT",
-    tls: ssl.SSLContext | None = None,
-) -> Association:
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    cxs = [build_context(Verification)]
-    cxs += [build_context(sop_class, [ts]) for sop_class, ts in contexts]
-    return ae.associate(
-        "127.0.0.1",
-        port,
-        contexts=cxs,
-        ae_title=called,
-        tls_args=None if tls is None else (tls, "localhost"),
-    )
-
-
 def store(port: int, datasets: Sequence[Dataset | Path], **kwargs: Any) -> list[int]:
     """C-STORE on one association; return the statuses."""
     contexts = set()
@@ -184,17 +81,6 @@ def store(port: int, datasets: Sequence[Dataset | Path], **kwargs: Any) -> list[
         return [int(assoc.send_c_store(item).Status) for item in datasets]
     finally:
         assoc.release()
-
-
-def rejection(assoc: Association) -> tuple[int, int, int]:
-    assert assoc.is_rejected and not assoc.is_established
-    rj = assoc.acceptor.primitive
-    assert rj is not None
-    return (rj.result, rj.result_source, rj.diagnostic)
-
-
-def archived(node: Node) -> list[Path]:
-    return sorted(p for p in node.archive.incoming.rglob("*") if p.is_file())
 
 
 @needs_dcmtk
@@ -234,6 +120,24 @@ def test_storescu_series_is_archived_as_sent(
     assert dcmread(rec.path).file_meta.TransferSyntaxUID == transfer_syntax
     (association_id,) = {r.association_id for r in node.sink.records}
     assert node.sink.ended == [(association_id, NOW)]
+    assert node.sink.aborted == []  # storescu releases
+
+
+@pytest.mark.parametrize("end", ["abort", "drop the connection"])
+def test_an_association_that_ends_without_a_release_is_reported_aborted(
+    start_node: StartNode, end: str
+) -> None:
+    node = start_node()
+    assoc = associate(node.server.port)
+    assert assoc.send_c_store(make_mr_series((2, 8, 8))[0]).Status == 0x0000
+    if end == "abort":
+        assoc.abort()
+    else:  # the modality was killed: TCP closes, no A-RELEASE, no A-ABORT
+        assoc.dul.socket.socket.close()
+        assoc.kill()
+    assert node.sink.ended_event.wait(10)
+    (association_id,) = {r.association_id for r in node.sink.records}
+    assert node.sink.aborted == [association_id]
 
 
 @pytest.mark.parametrize(
@@ -380,7 +284,8 @@ def test_unknown_calling_ae_is_rejected(start_node: StartNode, tmp_path: Path) -
 
 def test_a_source_address_not_allowed_is_rejected(start_node: StartNode) -> None:
     outside = start_node(policy=AccessPolicy.build(calling_ae_titles=None, networks=["10.0.0.0/8"]))
-    assert rejection(associate(outside.server.port)) == (0x01, 0x01, 0x01)
+    refused = associate(outside.server.port)  # closed at accept, before any A-ASSOCIATE
+    assert not refused.is_established and not refused.is_rejected
 
     inside = start_node(policy=AccessPolicy.build(calling_ae_titles=None, networks=["127.0.0.0/8"]))
     assoc = associate(inside.server.port)
@@ -408,37 +313,6 @@ def test_access_policy_parsing_and_matching() -> None:
     assert anybody.allows_address("8.8.8.8") and anybody.allows_calling_ae("X")
     with pytest.raises(ConfigError, match=r"10\.0\.0\.300"):
         AccessPolicy.build(calling_ae_titles=None, networks=["10.0.0.300"])
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    d = tmp_path / "pki"
-    d.mkdir()
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
-        (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf",
-            "-out", f"{name}.pem")  # fmt: skip
-    return Pki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
 
 
 def test_dicom_tls_with_client_certificates(start_node: StartNode, pki: Pki) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,70 @@ def test_roles_of_a_mixed_delivery(catalog: Catalog, clock: FakeClock) -> None:
     assert roles == {MR: Role.CONVERT, "1.2.3.20": Role.IGNORE, "1.2.3.30": Role.KEEP_CT}
     kept = catalog.list_series(role=Role.KEEP_CT)
     assert [s.series_uid for s in kept] == ["1.2.3.30"]
+
+
+# -- an aborted association is not a release ----------------------------------------------
+
+ABORTED_QUIET = 3600.0
+
+
+def settle(catalog: Catalog, now: datetime) -> list[int]:
+    return settle_once(
+        catalog, RULES, now, quiet_seconds=QUIET, aborted_quiet_seconds=ABORTED_QUIET
+    )
+
+
+def test_a_series_cut_by_an_aborted_association_waits_the_longer_timer(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    """140 of 298 slices, no gap, then the association aborted (the daemon or the modality was
+    killed): nothing says the series is complete, so it is not converted on the quiet timer."""
+    receive(catalog, series_headers(6)[:4], clock.now(), association_id="a1")
+    catalog.association_aborted("a1", clock.advance(1))
+    assert settle(catalog, clock.now()) == []
+    assert settle(catalog, clock.advance(QUIET * 2)) == []
+    assert len(settle(catalog, clock.advance(ABORTED_QUIET))) == 1  # nobody sent the rest
+
+
+def test_an_aborted_series_that_is_whole_by_its_expected_count_settles_at_once(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    receive(catalog, series_headers(6, expected=6), clock.now(), association_id="a1")
+    catalog.association_aborted("a1", clock.advance(1))
+    assert len(settle(catalog, clock.now())) == 1
+
+
+def test_an_aborted_series_short_of_its_expected_count_waits(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    receive(catalog, series_headers(6, expected=6)[:4], clock.now(), association_id="a1")
+    catalog.association_aborted("a1", clock.advance(1))
+    assert settle(catalog, clock.advance(QUIET * 2)) == []
+
+
+def test_the_full_resend_after_an_abort_settles_on_its_release(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    headers = series_headers(6)
+    receive(catalog, headers[:4], clock.now(), association_id="a1")
+    catalog.association_aborted("a1", clock.advance(1))
+    receive(catalog, headers, clock.advance(5), association_id="a2")
+    catalog.association_released("a2", clock.advance(1))
+    assert len(settle(catalog, clock.now())) == 1
+    series = catalog.series(MR)
+    assert series is not None and series.instance_count == 6
+
+
+def test_a_series_being_received_when_the_daemon_stopped_counts_as_aborted(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    """kill -9 of the daemon mid-series: no abort was ever recorded; at the next start the
+    series whose last association neither released nor aborted are marked as cut."""
+    receive(catalog, series_headers(6)[:4], clock.now(), association_id="a1")
+    other = "1.2.826.0.1.3680043.8.498.200"
+    receive(catalog, series_headers(3, series_uid=other), clock.now(), association_id="a2")
+    catalog.association_released("a2", clock.now())
+
+    assert catalog.associations_cut_by_a_stop(clock.advance(30)) == 1  # a1's, not a2's
+    assert len(settle(catalog, clock.now())) == 1  # the released one
+    assert settle(catalog, clock.advance(QUIET * 2)) == []  # the cut one waits

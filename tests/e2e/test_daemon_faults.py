@@ -89,6 +89,14 @@ def test_sigkill_while_receiving_then_the_modality_sends_again(
     assert daemon.catalog.jobs() == []  # an unreleased series is not converted
 
     daemon.start()
+
+    def marked_cut() -> bool:  # so the quiet timer alone will not send a half head
+        return daemon.catalog.scalar(
+            "SELECT association_aborted_at IS NOT NULL FROM series WHERE series_uid = ?",
+            (coarse_mr.series_uid,),
+        ) in (1, True)
+
+    daemon.wait_for(marked_cut, "the cut series marked as aborted at start")
     resent = storescu(daemon.port, coarse_mr.files)  # as a modality does after a failure
     assert resent.returncode == 0, resent.stderr
     daemon.wait_delivered(pacs, coarse_mr)

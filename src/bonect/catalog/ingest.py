@@ -134,6 +134,7 @@ _TOUCH: dict[str, Any] = {  # activity on a series: it is open and its quiet tim
     "last_association_id": bindparam("b_association_id", type_=String),
     "calling_ae": bindparam("b_calling_ae", type_=String),
     "association_released_at": None,
+    "association_aborted_at": None,
     "revision": _series.c.revision + 1,
 }
 # Built once (their SQL is compiled once per dialect and cached); run with parameters.
@@ -282,15 +283,51 @@ def association_released(session: Session, association_id: str, at: datetime) ->
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def association_aborted(session: Session, association_id: str, at: datetime) -> int:
+    """Mark the open series last fed by ``association_id`` as cut by an abort; how many."""
+    result = session.execute(
+        update(Series)
+        .where(
+            Series.last_association_id == association_id[:128],
+            Series.settle_state == SettleState.OPEN,
+        )
+        .values(association_aborted_at=at)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def associations_cut_by_a_stop(session: Session, at: datetime) -> int:
+    """At start: the open series whose last association neither released nor aborted were being
+    received when the process stopped; mark them aborted. Returns how many."""
+    result = session.execute(
+        update(Series)
+        .where(
+            Series.settle_state == SettleState.OPEN,
+            Series.last_association_id.is_not(None),
+            Series.association_released_at.is_(None),
+            Series.association_aborted_at.is_(None),
+        )
+        .values(association_aborted_at=at)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def series_to_settle(session: Session, now: datetime, quiet_seconds: float) -> list[SeriesRecord]:
-    """Open series that are quiet, or whose last association has been released."""
+    """Open series that are quiet, or whose last association has been released or aborted.
+
+    An aborted one is listed whatever its age: :func:`bonect.daemon.settle.settle_once` decides
+    by its own, longer timer or by its expected count."""
     cutoff = now - timedelta(seconds=quiet_seconds)
     rows = session.scalars(
         select(Series)
         .options(joinedload(Series.study))
         .where(
             Series.settle_state == SettleState.OPEN,
-            or_(Series.last_received_at <= cutoff, Series.association_released_at.is_not(None)),
+            or_(
+                Series.last_received_at <= cutoff,
+                Series.association_released_at.is_not(None),
+                Series.association_aborted_at.is_not(None),
+            ),
         )
         .order_by(Series.id)
     )

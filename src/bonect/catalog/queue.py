@@ -179,8 +179,18 @@ class Catalog(JobLifecycle, CatalogQueries, SendLedger):
         with self._write.begin() as session:
             return ingest.association_released(session, association_id, at)
 
+    def association_aborted(self, association_id: str, at: datetime) -> int:
+        """Note that an association aborted; returns how many open series it fed last."""
+        with self._write.begin() as session:
+            return ingest.association_aborted(session, association_id, at)
+
+    def associations_cut_by_a_stop(self, at: datetime) -> int:
+        """At start: mark as aborted the series a stopped process was receiving; how many."""
+        with self._write.begin() as session:
+            return ingest.associations_cut_by_a_stop(session, at)
+
     def series_to_settle(self, now: datetime, quiet_seconds: float) -> list[SeriesRecord]:
-        """Open series quiet for ``quiet_seconds``, or whose last association was released."""
+        """Open series quiet for ``quiet_seconds``, or whose last association ended."""
         with self._read() as session:
             return ingest.series_to_settle(session, now, quiet_seconds)
 

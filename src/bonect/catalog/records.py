@@ -75,6 +75,7 @@ class SeriesRecord:
     settle_state: SettleState
     settled_at: datetime | None
     calling_ae: str | None = None  # who sent its last instance over DICOM (None: drop folder)
+    association_aborted_at: datetime | None = None  # its last association aborted: maybe cut
 
     @classmethod
     def from_row(cls, row: Series) -> SeriesRecord:
@@ -95,6 +96,7 @@ class SeriesRecord:
             last_received_at=row.last_received_at,
             last_association_id=row.last_association_id,
             association_released_at=row.association_released_at,
+            association_aborted_at=row.association_aborted_at,
             revision=row.revision,
             role=row.role,
             settle_state=row.settle_state,

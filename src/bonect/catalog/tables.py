@@ -133,6 +133,8 @@ class Series(Base):
     last_association_id: Mapped[str | None] = mapped_column(String(128))
     calling_ae: Mapped[str | None] = mapped_column(String(16))  # of the last instance's sender
     association_released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the last association aborted (not released): the series may be cut short
+    association_aborted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revision: Mapped[int] = mapped_column(Integer, default=0)  # +1 per instance received
     role: Mapped[Role | None] = mapped_column(_enum(Role, "series_role"))
     settle_state: Mapped[SettleState] = mapped_column(

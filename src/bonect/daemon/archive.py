@@ -115,6 +115,20 @@ class Archive:
         logger.debug("archived %s (%d bytes) at %s", header.sop_instance_uid, len(encoded), path)
         return path
 
+    def remove_partial_writes(self) -> int:
+        """Delete the ``.*.part`` files a killed process left behind; how many there were.
+
+        Only at start, before the receive path runs: the archive has one receiving process
+        (a ``.part`` file being written by it now would otherwise be taken from under it)."""
+        removed = 0
+        for stray in self._incoming.rglob(".*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                stray.unlink()
+                removed += 1
+        if removed:
+            logger.warning("removed %d partly written file(s) left in the archive", removed)
+        return removed
+
     def free_bytes(self) -> int:
         """Free bytes on the file system of the archive, for the disk reserve."""
         return shutil.disk_usage(self._root).free

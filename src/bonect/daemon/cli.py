@@ -77,6 +77,15 @@ def config_problems(config: Config) -> list[str]:
         value: Path | None = getattr(security, key)
         if value is not None and not os.access(value, os.R_OK):
             problems.append(f"security.{key}: {value} does not exist or is not readable")
+    if security.tls_certificate is not None and security.tls_key is not None and not problems:
+        import ssl
+
+        from bonect.daemon.scp import server_tls_context
+
+        try:
+            server_tls_context(security.tls_certificate, security.tls_key, security.tls_ca)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"security.tls_certificate: cannot load it with its key and CA ({exc})")
     for key in ("password_file", "tls_certificate", "tls_key"):  # [web], when it is on
         value = getattr(config.web, key)
         if config.web.enabled and value is not None and not os.access(value, os.R_OK):
@@ -216,7 +225,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     metrics = config.metrics
     print(f"{path}: OK")
-    print(f"  node {config.node.ae_title} on {config.node.host}:{config.node.port}")
+    node, security = config.node, config.security
+    print(f"  node {node.ae_title} on {node.host}:{node.port}, {_transport(config)}")
+    print(f"  peers: {_peers(config)}; calling AE titles: "
+          f"{', '.join(security.allowed_ae_titles) or 'any'}")  # fmt: skip
+    print(
+        f"  limits: {node.max_associations} associations, {node.max_pending_connections} "
+        f"connections waiting, request timeout {node.request_timeout_seconds:g} s, idle "
+        f"timeout {node.idle_timeout_seconds:g} s"
+    )
     print(f"  storage {config.storage.dir}, catalog {config.catalog.url or 'SQLite in storage'}")
     print(f"  model {config.converter.model} on {config.converter.device}")
     print(f"  destinations: {destinations or 'none (the sCT is only archived)'}")
@@ -228,6 +245,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         login = "no login" if config.web.password_file is None else "login required"
         print(f"  status page on {config.web.host}:{config.web.port} ({login})")
     return 0
+
+
+def _transport(config: Config) -> str:
+    security = config.security
+    if security.tls_certificate is None:
+        return "plain DICOM (no TLS)"
+    if security.tls_ca is None:
+        return "DICOM TLS only (TLS 1.2+), no client certificate asked"
+    return f"DICOM TLS only (TLS 1.2+), client certificates signed by {security.tls_ca}"
+
+
+def _peers(config: Config) -> str:
+    security = config.security
+    if security.allow_any_peer:
+        return "any address (allow_any_peer)"
+    return ", ".join(security.allowed_networks) or "loopback only"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

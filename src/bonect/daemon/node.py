@@ -23,6 +23,7 @@ from bonect.catalog.tables import Role, SettleState
 from bonect.config import Config
 from bonect.converter.inference import pick_device
 from bonect.daemon.archive import Archive
+from bonect.daemon.connection_guard import ConnectionLimits
 from bonect.daemon.dropfolder import DropFolder
 from bonect.daemon.model_holder import ModelHolder
 from bonect.daemon.prometheus import NodeMetrics
@@ -72,7 +73,15 @@ class CatalogSink:
         )
         self._metrics.instances_received.inc()
 
-    def association_ended(self, association_id: str, at: datetime) -> None:
+    def association_ended(self, association_id: str, at: datetime, *, aborted: bool) -> None:
+        if aborted:
+            if self._catalog.association_aborted(association_id, at):
+                logger.warning(
+                    "association %s aborted: its series wait for the rest "
+                    "(settle.aborted_quiet_seconds) unless their expected count is reached",
+                    association_id,
+                )
+            return
         self._catalog.association_released(association_id, at)
         self._wake.set()  # settle may now complete a series without waiting
 
@@ -118,6 +127,14 @@ class Node:
         if requeued:
             logger.warning("jobs left running by a stopped process queued again: %s", requeued)
         archive = Archive.open(storage / "archive", fsync=config.storage.fsync)
+        archive.remove_partial_writes()  # a killed process's; before anything is received
+        cut = catalog.associations_cut_by_a_stop(clock())
+        if cut:
+            logger.warning(
+                "%d series were being received when the daemon stopped: they wait for the rest "
+                "(settle.aborted_quiet_seconds) unless their expected count is reached",
+                cut,
+            )
         outgoing = storage / "outgoing"
         outgoing.mkdir(parents=True, exist_ok=True)
         device = pick_device(config.converter.device)
@@ -141,6 +158,12 @@ class Node:
             receiver=receiver,
             policy=access_policy(config),
             ssl_context=tls,
+            limits=ConnectionLimits(
+                max_associations=config.node.max_associations,
+                max_pending=config.node.max_pending_connections,
+                request_timeout=config.node.request_timeout_seconds,
+            ),
+            network_timeout=config.node.idle_timeout_seconds,
         )
         if security.allow_any_peer:
             logger.warning(
@@ -215,6 +238,7 @@ class Node:
                 self.config.rules,
                 now,
                 quiet_seconds=self.config.settle.quiet_seconds,
+                aborted_quiet_seconds=self.config.settle.aborted_quiet_seconds,
             )
             if queued:
                 self.metrics.series_completed.inc(len(queued))

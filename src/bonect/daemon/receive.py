@@ -65,8 +65,9 @@ class InstanceSink(Protocol):
     ) -> None:
         """Record one archived instance; raise if it could not be recorded durably."""
 
-    def association_ended(self, association_id: str, at: datetime) -> None:
-        """An association (or a dropped file) that archived at least one instance ended."""
+    def association_ended(self, association_id: str, at: datetime, *, aborted: bool) -> None:
+        """An association (or a dropped file) that archived at least one instance ended:
+        released, or ``aborted`` (an A-ABORT, or the connection lost) and maybe cut short."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,13 +224,14 @@ class Receiver:
             return Receipt(OUT_OF_RESOURCES, f"could not record: {exc!r}", header, path)
         return Receipt(SUCCESS, "", header, path)
 
-    def association_ended(self, association_id: str) -> None:
-        """Tell the sink that ``association_id`` ended, if it archived anything. Never raises."""
+    def association_ended(self, association_id: str, *, aborted: bool = False) -> None:
+        """Tell the sink that ``association_id`` ended (released, or ``aborted``), if it archived
+        anything. Never raises."""
         with self._lock:
             if association_id not in self._archived:
                 return
             self._archived.discard(association_id)
         try:
-            self.sink.association_ended(association_id, self.clock())
+            self.sink.association_ended(association_id, self.clock(), aborted=aborted)
         except Exception:
             logger.exception("could not record the end of association %s", association_id)

@@ -7,8 +7,11 @@ C-ECHO and C-STORE of every storage SOP class, in the transfer syntaxes of
 answered with the status it returns (the codes are listed in :mod:`bonect.daemon.receive`);
 the handler never raises.
 
-Association requests are checked against an :class:`AccessPolicy` before negotiation and
-refused with an A-ASSOCIATE-RJ that says why.
+Connections go through :mod:`bonect.daemon.connection_guard` first (the address allow-list
+at accept, the TLS handshake off the accept thread, the pending and association limits of
+:class:`~bonect.daemon.connection_guard.ConnectionLimits`). Association requests are then
+checked against the :class:`AccessPolicy` before negotiation and refused with an
+A-ASSOCIATE-RJ that says why.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from bonect.daemon.connection_guard import (
+    AssociationSlots,
+    ConnectionLimits,
+    GuardedAssociationServer,
+    RefusalLog,
+)
 from bonect.daemon.receive import OUT_OF_RESOURCES, SUCCESS, Receiver
 from bonect.dicom.network import set_nodelay
 from bonect.errors import ConfigError
@@ -60,6 +69,7 @@ _REJECT_ADDRESS = (0x01, 0x01, 0x01)  # permanent, service user, no reason given
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
 _REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
 _REJECT_DISK = (0x02, 0x03, 0x02)  # transient, service provider, local limit exceeded
+_REJECT_BUSY = (0x02, 0x03, 0x02)  # the same: every association slot is held
 _REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # transient, service user, no reason given
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,10 +155,14 @@ class _Handlers:
         ae_title: str,
         receiver: Receiver,
         policy: AccessPolicy,
+        slots: AssociationSlots,
+        refusals: RefusalLog,
     ) -> None:
         self.ae_title = ae_title
         self.receiver = receiver
         self.policy = policy
+        self.slots = slots
+        self.refusals = refusals
         self._ids: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
@@ -170,12 +184,14 @@ class _Handlers:
             called = str(request.called_ae_title).strip()
             address = assoc.requestor.address
             reason, why = self._refusal(calling, called, address)
+            if reason is None and not self.slots.try_take(assoc):
+                reason, why = _REJECT_BUSY, "every association slot is held (node.max_associations)"
         except Exception as exc:  # fail closed: pynetdicom would accept if this raised
             logger.exception("cannot check an association request")
             reason, why = _REJECT_TRANSIENT, f"check failed ({exc!r})"
         if reason is None:
             return
-        logger.warning("refusing association from %r at %s: %s", calling, address, why)
+        self.refusals.refused(address, why, f"association of {calling!r}")
         assoc.acse.send_reject(*reason)
         assoc.kill()  # as pynetdicom's own rejections: wait for the peer to close
 
@@ -220,21 +236,33 @@ class _Handlers:
             logger.warning("C-STORE from %r: 0x%04X, %s", calling, receipt.status, receipt.reason)
         return receipt.status
 
-    def on_ended(self, event: Event) -> None:
-        """Association released or aborted: tell the receive path, once."""
+    def on_released(self, event: Event) -> None:
+        """A-RELEASE: the peer says it is done."""
+        self._ended(event.assoc, aborted=False)
+
+    def on_aborted(self, event: Event) -> None:
+        """A-ABORT, or the connection closed without a release: the series may be cut short."""
+        self._ended(event.assoc, aborted=True)
+
+    def _ended(self, assoc: Association, *, aborted: bool) -> None:
+        """Free the slot and tell the receive path, once (the first of the events counts)."""
+        self.slots.free(assoc)
         with self._lock:
-            association_id = self._ids.pop(event.assoc, None)
+            association_id = self._ids.pop(assoc, None)
         if association_id is not None:
-            self.receiver.association_ended(association_id)
+            self.receiver.association_ended(association_id, aborted=aborted)
 
 
 class StorageServer:
     """A running Storage SCP; get one with :meth:`start`, end it with :meth:`stop`."""
 
-    def __init__(self, ae: AE, server: ThreadedAssociationServer, ae_title: str) -> None:
+    def __init__(
+        self, ae: AE, server: ThreadedAssociationServer, ae_title: str, slots: AssociationSlots
+    ) -> None:
         self._ae = ae
         self._server = server
         self._ae_title = ae_title
+        self._slots = slots
 
     @classmethod
     def start(
@@ -246,7 +274,7 @@ class StorageServer:
         receiver: Receiver,
         policy: AccessPolicy | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        max_associations: int = 10,
+        limits: ConnectionLimits | None = None,
         network_timeout: float = 60.0,
         maximum_pdu_size: int = 0,
     ) -> StorageServer:
@@ -263,34 +291,51 @@ class StorageServer:
             Allowed calling AE titles and source networks; ``None`` allows any peer.
         ssl_context
             Serve DICOM TLS with it (see :func:`server_tls_context`).
+        limits
+            Associations at once, connections waiting, and the request timeout.
+        network_timeout
+            An association idle this long is aborted.
         maximum_pdu_size
             The largest PDU we accept (0: no limit; fewer, larger PDUs are faster).
         """
+        limits = limits or ConnectionLimits()
+        policy = policy or AccessPolicy()
         ae = AE(ae_title=ae_title)
         ae.require_called_aet = True
-        ae.maximum_associations = max_associations
+        ae.maximum_associations = limits.backstop
         ae.maximum_pdu_size = maximum_pdu_size
         ae.network_timeout = network_timeout
+        ae.acse_timeout = limits.request_timeout  # the ARTIM timer: A-ASSOCIATE-RQ within this
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
-        handlers = _Handlers(ae_title=ae_title, receiver=receiver, policy=policy or AccessPolicy())
-        server = ae.start_server(
+        slots = AssociationSlots(limits.max_associations)
+        refusals = RefusalLog()
+        handlers = _Handlers(
+            ae_title=ae_title, receiver=receiver, policy=policy, slots=slots, refusals=refusals
+        )
+        server = ae.make_server(
             (host, port),
-            block=False,
             ssl_context=ssl_context,
+            server_class=GuardedAssociationServer,
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, set_nodelay),
                 (evt.EVT_REQUESTED, handlers.on_requested),
                 (evt.EVT_C_ECHO, handlers.on_echo),
                 (evt.EVT_C_STORE, handlers.on_store),
-                (evt.EVT_RELEASED, handlers.on_ended),
-                (evt.EVT_ABORTED, handlers.on_ended),
+                (evt.EVT_RELEASED, handlers.on_released),
+                (evt.EVT_ABORTED, handlers.on_aborted),
+                (evt.EVT_CONN_CLOSE, handlers.on_aborted),
             ],
         )
-        if server is None:  # only with block=True
-            raise RuntimeError("pynetdicom did not return a server")
+        if not isinstance(server, GuardedAssociationServer):
+            raise RuntimeError("pynetdicom did not make the server asked for")
+        server.guard(policy, limits, refusals, slots)
+        threading.Thread(
+            target=server.serve_forever, name=f"bonect-scp-accept-{ae_title}", daemon=True
+        ).start()
+        ae._servers.append(server)  # as AE.start_server does: AE.shutdown() stops it
         if handlers.policy.networks is None and not _is_loopback(host):
             logger.warning("listening on %s with no source address allow-list", host)
         logger.info(
@@ -300,7 +345,7 @@ class StorageServer:
             server.server_address[1],
             " (TLS)" if ssl_context is not None else "",
         )
-        return cls(ae, server, ae_title)
+        return cls(ae, server, ae_title, slots)
 
     @property
     def port(self) -> int:
@@ -314,6 +359,9 @@ class StorageServer:
 
     def stop(self) -> None:
         """Abort the associations in progress and stop listening."""
+        for assoc in self._ae.active_associations:
+            if not self._slots.holds(assoc):  # not associated: nothing to abort (pynetdicom's
+                assoc.kill()  # state machine raises on an A-ABORT before the A-ASSOCIATE-RQ)
         self._ae.shutdown()
         logger.info("storage SCP %s stopped", self._ae_title)
 

@@ -8,6 +8,12 @@ rules give it a role; a ``convert`` series gets a job. An instance arriving for 
 re-opens it (the catalog does that), and the next settle queues it again; the worker then
 replaces the earlier output.
 
+An aborted association is not a release: the modality (or this node) stopped mid-series, and a
+stack cut at slice 140 of 298 has no gap to give it away. Its series waits
+``aborted_quiet_seconds`` (an hour by default) for the rest, unless its expected count
+(ImagesInAcquisition, NumberOfFrames) shows it whole; a new instance (the resend) clears the
+abort and the series settles as any other.
+
 :func:`settle_once` is one step of the settle loop, driven with the time passed in.
 """
 
@@ -51,7 +57,12 @@ def series_is_complete(geometry: SeriesGeometry) -> bool:
 
 
 def settle_once(
-    catalog: Catalog, rules: RulesConfig, now: datetime, *, quiet_seconds: float
+    catalog: Catalog,
+    rules: RulesConfig,
+    now: datetime,
+    *,
+    quiet_seconds: float,
+    aborted_quiet_seconds: float = 3600.0,
 ) -> list[int]:
     """Settle every series that is complete at ``now``; returns the ids of the jobs queued.
 
@@ -59,10 +70,11 @@ def settle_once(
     it then); a released one settles early only with complete geometry. A series that
     received an instance between being read and being settled is left for the next step.
     """
-    cutoff = now - timedelta(seconds=quiet_seconds)
     queued: list[int] = []
     for series in catalog.series_to_settle(now, quiet_seconds):
-        quiet = series.last_received_at <= cutoff
+        aborted = series.association_aborted_at is not None
+        wait = aborted_quiet_seconds if aborted else quiet_seconds
+        quiet = series.last_received_at <= now - timedelta(seconds=wait)
         if not quiet:
             geometry = catalog.series_geometry(series.series_uid)
             if geometry is None:
@@ -70,6 +82,9 @@ def settle_once(
             verdict = completeness(geometry)
             if not verdict.complete:
                 logger.debug("series %s not complete: %s", series.series_uid, verdict.message)
+                continue
+            if aborted and geometry.expected_count is None:
+                logger.debug("series %s: aborted, no count to judge by", series.series_uid)
                 continue
         role = classify(rules, series)
         settled = catalog.settle_series(
@@ -81,7 +96,9 @@ def settle_once(
         logger.info(
             "series %s settled (%s, %d instances, %s) as %s",
             series.series_uid,
-            "quiet" if quiet else "released, geometry complete",
+            ("quiet after an aborted association" if aborted else "quiet")
+            if quiet
+            else ("whole by its expected count" if aborted else "released, geometry complete"),
             series.instance_count,
             series.modality,
             role.value,
