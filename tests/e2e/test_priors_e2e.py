@@ -10,6 +10,8 @@ C-GET allowed) is loaded with five patients' studies; each patient's bone MR is 
 * D: no CT: the search ends "none found";
 * E: a scout and a real CT in one study: only the real CT is retrieved.
 
+Then the trainer's harvest of the site ``local`` pairs exactly A and E.
+
 Small synthetic series (tests/series_factory.py) keep the whole run short.
 """
 
@@ -23,6 +25,9 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
+from bonect.catalog import Catalog, catalog_url
+from bonect.trainer.harvest import harvest_local
+from bonect.trainer.sites import SiteStore, hashed_key
 from dicom_peers import LOCALHOST, free_port, storescu
 from e2e.conftest import PEERS_MISSING, Daemon, OrthancOnPort, StartDaemon
 from series_factory import make_mr_series, write_series
@@ -241,3 +246,18 @@ def test_priors_found_and_retrieved(
             for uid in patient.unwanted:
                 assert daemon.catalog.instance_count(uid) == 0, uid
         assert daemon.stop() == 0
+    # the trainer's local site (what `bonect-trainer augment --site local` harvests first)
+    # pairs exactly A and E, each with the CT that was retrieved for it
+    catalog = Catalog.open(catalog_url(daemon.storage, ""))
+    try:
+        summary = harvest_local(
+            catalog, SiteStore(tmp_path / "trainer"), window_days=183, progress=False
+        )
+    finally:
+        catalog.close()
+    paired = {
+        hashed_key(patients[key].mr_series, patients[key].wanted[0])[:16] for key in ("A", "E")
+    }
+    assert set(summary.added) == paired, summary.lines()
+    unpaired = {patients[key].mr_series for key in ("B", "C", "D")}
+    assert {uid for uid, _ in summary.skipped} == unpaired
