@@ -99,3 +99,24 @@ def series_headers(
 ) -> list[InstanceHeader]:
     """All ``n`` slices of a series (keyword arguments as for :func:`header`)."""
     return [header(series_uid, k, **kwargs) for k in range(n)]
+
+
+def record_priors(catalog: Catalog, now: datetime) -> dict[str, int]:
+    """Three prior searches as the daemon leaves them: one done (a CT of 6 instances
+    retrieved), one none found, one failed; their ids by state."""
+    from bonect.catalog import priors
+    from bonect.catalog.priors import PriorState, RetrievalState, WantedSeries
+
+    ids = {}
+    for k, state in enumerate((PriorState.DONE, PriorState.NONE_FOUND, PriorState.FAILED)):
+        task_id = priors.create_task(catalog, f"1.2.826.0.1.3680043.8.498.{900 + k}", "pacs", now)
+        task = priors.task(catalog, task_id)
+        assert task is not None
+        if state is PriorState.DONE:
+            wanted = WantedSeries("1.2.3", "1.2.3.4", "20260101", "Head 1.0", 6)
+            (row,) = priors.want_series(catalog, task, [wanted], now)
+            priors.record_retrieval(catalog, row.id, RetrievalState.RETRIEVED, now, completed=6)
+        reason = {PriorState.NONE_FOUND: "no CT study", PriorState.FAILED: "refused"}.get(state)
+        priors.finish(catalog, task_id, state, now, reason)
+        ids[state.value] = task_id
+    return ids

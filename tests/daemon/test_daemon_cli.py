@@ -27,7 +27,7 @@ from bonect.catalog.tables import Role, SendStatus
 from bonect.cli_boundary import EXIT_CONFIG
 from bonect.config import Config, ConverterConfig, StorageConfig, load_config
 from bonect.daemon.cli import model_summary
-from catalog.catalog_support import START, FakeClock, receive, series_headers
+from catalog.catalog_support import START, FakeClock, receive, record_priors, series_headers
 from daemon.scp_support import Pki
 from dicom_peers import free_port
 
@@ -331,6 +331,33 @@ def test_status_shows_queue_model_timings_and_errors(filled: tuple[Path, dict[st
     assert "missing slices: about 2 slices seem missing" in out
     assert f"job {ids['waiting']} retries at" in out
     assert "1 instance(s) not yet stored (pacs: association rejected)" in out
+
+
+def test_status_and_priors_show_the_prior_searches(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    assert run(config, "priors").returncode != 0  # no catalog yet: one clear line
+    catalog = Catalog.open(catalog_url(tmp_path / "var", ""))
+    try:
+        assert run(config, "priors").stdout.strip().startswith("no prior searches")
+        assert "prior searches" not in run(config, "status").stdout  # no [[sources]]: quiet
+        ids = record_priors(catalog, FakeClock().now())
+    finally:
+        catalog.close()
+    status = run(config, "status")
+    assert status.returncode == 0, status.stderr
+    assert "prior searches: done 1, failed 1, none_found 1" in status.stdout
+    assert "prior retrievals: retrieved 1 (6 instances)" in status.stdout
+    assert f"prior search {ids['failed']} (pacs) failed: refused" in status.stdout
+
+    listed = run(config, "priors")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    firsts = [line.split()[0] for line in lines if not line.lstrip().startswith("CT ")]
+    assert firsts == [str(ids[s]) for s in ("failed", "none_found", "done")]
+    assert "CT 1.2.3.4 (20260101, Head 1.0): retrieved, 6/6 instances" in listed.stdout
+    (line,) = run(config, "priors", "--state", "none_found").stdout.splitlines()
+    assert line.split()[:3] == [str(ids["none_found"]), "none_found", "pacs"]
+    assert line.endswith("no CT study")
 
 
 def test_jobs_lists_newest_first_and_filters_by_state(filled: tuple[Path, dict[str, int]]) -> None:

@@ -13,9 +13,10 @@ from sqlalchemy.exc import OperationalError
 
 from bonect.catalog import Catalog, catalog_url
 from bonect.catalog.jobs import JobState
+from bonect.catalog.priors import PriorState
 from bonect.catalog.tables import Role
 from bonect.daemon.prometheus import NodeMetrics
-from catalog.catalog_support import FakeClock, receive, series_headers
+from catalog.catalog_support import FakeClock, receive, record_priors, series_headers
 
 SERIES = ("1.2.826.0.1.3680043.8.498.100", "1.2.826.0.1.3680043.8.498.200")
 
@@ -84,6 +85,25 @@ def test_the_endpoint_serves_every_metric(catalog: Catalog) -> None:
     assert samples["bonect_model_info"] == {(("label", "tiny v1"),): 1}
     assert samples["bonect_catalog_up"][()] == 1
     assert second in {j.id for j in catalog.jobs(JobState.QUEUED)}
+
+
+def test_prior_searches_and_retrievals_are_counted(catalog: Catalog) -> None:
+    clock = FakeClock()
+    metrics = NodeMetrics.create(catalog, model_label=lambda: "m", clock=clock.now)
+    port = metrics.serve("127.0.0.1", 0)
+    try:
+        before = scrape(port)
+        record_priors(catalog, clock.now())
+        after = scrape(port)
+    finally:
+        metrics.stop()
+
+    assert set(before["bonect_prior_searches"].values()) == {0}
+    searches = {labels[0][1]: v for labels, v in after["bonect_prior_searches"].items()}
+    assert searches == {s.value: 0 for s in PriorState} | {"done": 1, "none_found": 1, "failed": 1}
+    retrievals = {labels[0][1]: v for labels, v in after["bonect_prior_retrievals"].items()}
+    assert retrievals == {"pending": 0, "retrieved": 1, "failed": 0}
+    assert after["bonect_prior_instances_retrieved"][()] == 6
 
 
 def test_nothing_waiting_is_age_zero_and_the_model_label_follows_the_holder(

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from bonect.config import Config, Destination
+from bonect.config import Config, Destination, SourceConfig
 from bonect.registry import promoted_name
 from bonect.web.app import build_app
+from catalog.catalog_support import START, record_priors
 from web.conftest import (
     BCRYPT_PASSWORD,
     BCRYPT_USER,
@@ -219,3 +220,18 @@ def test_the_destinations_page_shows_backlog_disk_and_catalog(site: WebSite) -> 
     assert 'id="disk-free"' in page and "reserve" in page
     assert "sqlite" in page and 'id="catalog-ping"' in page
     assert "convert 2" in page  # series by role: both series are to convert
+
+
+def test_the_destinations_page_shows_sources_and_prior_searches(site: WebSite) -> None:
+    source = SourceConfig(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)
+    config = site.config().model_copy(update={"sources": (source,)})
+    with client(config, site) as c:
+        before = c.get("/destinations").text
+        ids = record_priors(site.catalog, START)
+        after = " ".join(c.get("/destinations").text.split())
+    assert 'id="source-pacs"' in before and "searches: none yet" in before
+    assert "searches: done 1, failed 1, none_found 1" in after
+    assert "retrievals: retrieved 1 (6 instances)" in after
+    assert f'id="prior-{ids["failed"]}" class="prior-failed"' in after
+    assert "refused" in after and "no CT study" in after
+    assert "<code>1.2.3.4</code> retrieved 6/6" in after

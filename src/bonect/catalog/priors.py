@@ -32,6 +32,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     select,
     update,
 )
@@ -416,6 +417,41 @@ def retrieved_series_uids(catalog: Catalog) -> set[str]:
 def tasks(catalog: Catalog, state: PriorState | None = None) -> list[PriorTaskRecord]:
     """Every task (in ``state``), oldest first."""
     query = select(PriorTask).order_by(PriorTask.id)
+    if state is not None:
+        query = query.where(PriorTask.state == state)
+    with catalog.reading() as session:
+        return [PriorTaskRecord.from_row(r) for r in session.scalars(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class PriorCounts:
+    """Tasks and retrievals by state, and the instances retrieved in all."""
+
+    tasks: dict[PriorState, int]
+    retrievals: dict[RetrievalState, int]
+    instances_retrieved: int
+
+
+def counts(catalog: Catalog) -> PriorCounts:
+    """For ``status``, the status page and Prometheus: one short read."""
+    with catalog.reading() as session:
+        by_task = session.execute(select(PriorTask.state, func.count()).group_by(PriorTask.state))
+        by_retrieval = session.execute(
+            select(PriorRetrieval.state, func.count()).group_by(PriorRetrieval.state)
+        )
+        instances = session.scalar(select(func.coalesce(func.sum(PriorRetrieval.completed), 0)))
+        return PriorCounts(
+            {PriorState(state): int(n) for state, n in by_task},
+            {RetrievalState(state): int(n) for state, n in by_retrieval},
+            int(instances or 0),
+        )
+
+
+def recent_tasks(
+    catalog: Catalog, *, limit: int, state: PriorState | None = None
+) -> list[PriorTaskRecord]:
+    """The latest tasks (in ``state``), newest first."""
+    query = select(PriorTask).order_by(PriorTask.id.desc()).limit(limit)
     if state is not None:
         query = query.where(PriorTask.state == state)
     with catalog.reading() as session:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from bonect import __version__
 from bonect.catalog.jobs import IllegalTransition, JobState
+from bonect.catalog.priors import PriorState
+from bonect.cli_boundary import positive_int
 from bonect.config import MODEL_KEYWORDS, Config, find_config, load_config
 from bonect.errors import BonectError, ConfigError
 
@@ -277,6 +279,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_priors(args: argparse.Namespace) -> int:
+    from bonect.daemon.status_report import prior_lines
+
+    _, config = _load(args)
+    catalog = _open_catalog(config)
+    try:
+        lines = prior_lines(catalog, args.state, args.limit)
+    finally:
+        catalog.close()
+    print("\n".join(lines) if lines else "no prior searches (none configured: [[sources]])")
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from bonect.daemon.status_report import job_lines
 
@@ -356,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=[s.value for s in JobState])
     jobs.add_argument("--limit", type=int, default=50)
     jobs.set_defaults(handler=cmd_jobs)
+    priors = command("priors", "list prior searches (CTs found at [[sources]]), newest first")
+    priors.add_argument("--state", choices=[s.value for s in PriorState])
+    priors.add_argument("--limit", type=positive_int, default=50)
+    priors.set_defaults(handler=cmd_priors)
     retry = command("retry", "queue a failed job again (or every failed job with --failed)")
     target = retry.add_mutually_exclusive_group(required=True)
     target.add_argument("job", type=int, nargs="?", help="job id")

@@ -27,6 +27,8 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from bonect.catalog import priors as prior_store
+from bonect.catalog.priors import PriorState, RetrievalState
 from bonect.catalog.queue import Catalog
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,21 @@ class _CatalogCollector(Collector):
         )
         yield InfoMetricFamily("bonect_model", "The conversion method in use")
         yield GaugeMetricFamily("bonect_catalog_up", "1 when the catalog answered")
+        yield from self._prior_families()
+
+    @staticmethod
+    def _prior_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "bonect_prior_searches", "Prior searches ([[sources]]) by state", labels=["state"]
+            ),
+            GaugeMetricFamily(
+                "bonect_prior_retrievals", "CT series wanted from sources", labels=["state"]
+            ),
+            GaugeMetricFamily(
+                "bonect_prior_instances_retrieved", "Instances retrieved from sources in all"
+            ),
+        )
 
     def collect(self) -> Iterator[Any]:
         info = InfoMetricFamily("bonect_model", "The conversion method in use")
@@ -58,6 +75,7 @@ class _CatalogCollector(Collector):
         try:
             counts = self._catalog.counts_by_state()
             oldest = self._catalog.oldest_waiting_since()
+            priors = prior_store.counts(self._catalog)
         except SQLAlchemyError as exc:  # a scrape must not fail: say the catalog is down
             logger.warning("metrics: the catalog did not answer: %s", exc)
             yield GaugeMetricFamily("bonect_catalog_up", "1 when the catalog answered", value=0)
@@ -71,6 +89,13 @@ class _CatalogCollector(Collector):
         yield GaugeMetricFamily(
             "bonect_oldest_queued_job_age_seconds", "Age of the oldest job waiting", value=age
         )
+        searches, retrievals, instances = self._prior_families()
+        for searched in PriorState:
+            searches.add_metric([searched.value], priors.tasks.get(searched, 0))
+        for wanted in RetrievalState:
+            retrievals.add_metric([wanted.value], priors.retrievals.get(wanted, 0))
+        instances.add_metric([], priors.instances_retrieved)
+        yield from (searches, retrievals, instances)
 
 
 @dataclass

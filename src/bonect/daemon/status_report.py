@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from bonect.catalog import Catalog, JobState, SendStatus, SettleState
+from bonect.catalog import priors as prior_store
+from bonect.catalog.priors import PriorState
 
 
 def _local(at: datetime) -> str:
@@ -54,6 +56,53 @@ def status_lines(catalog: Catalog, now: datetime, *, model: str) -> list[str]:
         )
     lines.append("last errors:" if errors else "last errors: none")
     lines.extend(errors)
+    lines.extend(prior_summary_lines(catalog))
+    return lines
+
+
+def _by_state(counts: dict[PriorState, int] | dict[prior_store.RetrievalState, int]) -> str:
+    return ", ".join(f"{state.value} {n}" for state, n in sorted(counts.items()))
+
+
+def prior_summary_lines(catalog: Catalog) -> list[str]:
+    """Prior searches and retrievals by state, and the latest that need an eye; none without
+    ``[[sources]]`` (no task was ever made)."""
+    counts = prior_store.counts(catalog)
+    if not counts.tasks:
+        return []
+    lines = [f"prior searches: {_by_state(counts.tasks)}"]
+    if counts.retrievals:
+        lines.append(
+            f"prior retrievals: {_by_state(counts.retrievals)} "
+            f"({counts.instances_retrieved} instances)"
+        )
+    for state in (PriorState.FAILED, PriorState.WAITING):
+        for task in prior_store.recent_tasks(catalog, limit=3, state=state):
+            lines.append(f"  prior search {task.id} ({task.source}) {state.value}: {task.reason}")
+    return lines
+
+
+def prior_lines(catalog: Catalog, state: str | None, limit: int) -> list[str]:
+    """One line per prior search, newest first (id, state, source, MR series, attempts,
+    reason), then one indented line per CT series it wanted."""
+    tasks = prior_store.recent_tasks(
+        catalog, limit=limit, state=PriorState(state) if state else None
+    )
+    lines = []
+    for task in tasks:
+        reason = f"  {task.reason}" if task.reason else ""
+        lines.append(
+            f"{task.id:6d}  {task.state.value:10s}  {task.source}  attempts {task.attempts}  "
+            f"MR {task.mr_series_uid}{reason}"
+        )
+        for r in prior_store.retrievals(catalog, task.id):
+            expected = "?" if r.expected_instances is None else str(r.expected_instances)
+            why = f"  {r.reason}" if r.reason else ""
+            lines.append(
+                f"        CT {r.series_uid} ({r.study_date or 'undated'}, "
+                f"{r.series_description or 'no description'}): {r.state.value}, "
+                f"{r.completed}/{expected} instances{why}"
+            )
     return lines
 
 

@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from bonect import __version__, registry
+from bonect.catalog import priors as prior_store
 from bonect.catalog import web_queries
 from bonect.catalog.jobs import JobState
 from bonect.catalog.queue import Catalog
@@ -53,6 +54,7 @@ from bonect.web.thumbnails import (
 logger = logging.getLogger(__name__)
 
 PICTURED: Final = frozenset({JobState.CONVERTED, JobState.SENDING, JobState.DONE})
+PRIOR_TASKS_SHOWN: Final = 20  # the latest prior searches on the destinations page
 
 
 def utc_now() -> datetime:
@@ -242,6 +244,12 @@ def destinations_page(request: Request) -> Response:
         health=web_queries.catalog_health(web.catalog),
         oldest_waiting=web.catalog.oldest_waiting_since(),
         statuses=list(SendStatus),
+        sources=config.sources,
+        prior_counts=prior_store.counts(web.catalog),
+        prior_tasks=[
+            (task, prior_store.retrievals(web.catalog, task.id))
+            for task in prior_store.recent_tasks(web.catalog, limit=PRIOR_TASKS_SHOWN)
+        ],
     )
 
 
