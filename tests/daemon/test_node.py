@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bonect.catalog.jobs import JobState
-from bonect.daemon.node import Node
+from bonect.config import Config
+from bonect.daemon.node import Node, access_policy, source_addresses
 from bonect.daemon.sender import DestinationNode, send_files
 from bonect.phantom.cohort import WrittenPatient
 from catalog.catalog_support import FakeClock
@@ -113,3 +114,19 @@ def test_opening_the_node_removes_partial_writes_of_a_killed_process(
     stray.write_bytes(b"half an instance")
     open_node([])
     assert not stray.exists()
+
+
+def test_move_answers_are_expected_only_from_the_source_hosts() -> None:
+    def sources(*hosts: str) -> Config:
+        entries = [
+            {"name": f"s{k}", "ae_title": "PACS", "host": host, "port": 104}
+            for k, host in enumerate(hosts)
+        ]
+        return Config.model_validate({"sources": entries})
+
+    assert source_addresses(sources()) == []  # no sources: no C-MOVE of ours to answer
+    assert "127.0.0.1" in source_addresses(sources("localhost", "10.1.2.3"))
+    assert "10.1.2.3" in source_addresses(sources("localhost", "10.1.2.3"))
+    assert source_addresses(sources("no-such-host.invalid")) == []  # logged, not fatal
+    policy = access_policy(sources("10.1.2.3"))
+    assert policy.allows_move_answer("10.1.2.3") and not policy.allows_move_answer("10.1.2.4")

@@ -330,3 +330,31 @@ def test_dicom_tls_with_client_certificates(start_node: StartNode, pki: Pki) -> 
     assert not associate(node.server.port, tls=anonymous).is_established
     assert not associate(node.server.port).is_established  # plain TCP
     assert len(archived(node)) == 1
+
+
+def test_a_c_store_answering_our_c_move_is_accepted_only_from_a_source(
+    start_node: StartNode,
+) -> None:
+    """A C-STORE whose Move Originator AE Title is ours answers a C-MOVE we asked for: it may
+    only come from a [[sources]] host. Other C-STOREs are not concerned."""
+    datasets = make_mr_series((3, 8, 8))
+
+    def store_as_move_answer(port: int, ds: Dataset) -> int:
+        assoc = associate(port, calling="PACS")
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(ds, originator_aet="BONECT", originator_id=7).Status)
+        finally:
+            assoc.release()
+
+    elsewhere = start_node(policy=AccessPolicy.build(
+        calling_ae_titles=None, networks=None, move_sources=["10.9.9.9"]
+    ))  # fmt: skip
+    assert store_as_move_answer(elsewhere.server.port, datasets[0]) == 0x0124
+    assert archived(elsewhere) == []
+    assert store(elsewhere.server.port, datasets[1:2]) == [0x0000]  # a plain C-STORE
+
+    here = start_node(policy=AccessPolicy.build(
+        calling_ae_titles=None, networks=None, move_sources=["127.0.0.1"]
+    ))  # fmt: skip
+    assert store_as_move_answer(here.server.port, datasets[2]) == 0x0000

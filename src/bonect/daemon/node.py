@@ -96,7 +96,23 @@ def access_policy(config: Config) -> AccessPolicy:
         networks = security.allowed_networks
     else:
         networks = ("127.0.0.0/8", "::1")
-    return AccessPolicy.build(calling_ae_titles=titles, networks=networks)
+    return AccessPolicy.build(
+        calling_ae_titles=titles, networks=networks, move_sources=source_addresses(config)
+    )
+
+
+def source_addresses(config: Config) -> list[str]:
+    """The addresses of the ``[[sources]]`` hosts, resolved once at start: the only peers
+    whose C-STOREs may answer a C-MOVE this node asked for (none without sources)."""
+    addresses: list[str] = []
+    for source in config.sources:
+        try:
+            found = socket.getaddrinfo(source.host, source.port, proto=socket.IPPROTO_TCP)
+        except OSError as exc:
+            logger.warning("source %s: cannot resolve %s (%s)", source.name, source.host, exc)
+            continue
+        addresses.extend(str(info[4][0]) for info in found)
+    return sorted(set(addresses))
 
 
 @dataclass

@@ -71,20 +71,28 @@ _REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not
 _REJECT_DISK = (0x02, 0x03, 0x02)  # transient, service provider, local limit exceeded
 _REJECT_BUSY = (0x02, 0x03, 0x02)  # the same: every association slot is held
 _REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # transient, service user, no reason given
+NOT_AUTHORIZED = 0x0124  # "Refused: Not authorized", a general status of PS3.7 Annex C
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
-    """Who may associate. ``None`` allows anyone; an empty collection allows no one."""
+    """Who may associate, and from where a C-STORE answering our own C-MOVE may come.
+
+    ``None`` allows anyone; an empty collection allows no one."""
 
     calling_ae_titles: frozenset[str] | None = None
     networks: tuple[IPNetwork, ...] | None = None
+    move_sources: tuple[IPNetwork, ...] | None = None  # the [[sources]] hosts' addresses
 
     @classmethod
     def build(
-        cls, *, calling_ae_titles: Iterable[str] | None, networks: Iterable[str] | None
+        cls,
+        *,
+        calling_ae_titles: Iterable[str] | None,
+        networks: Iterable[str] | None,
+        move_sources: Iterable[str] | None = None,
     ) -> AccessPolicy:
         """Build a policy from config strings (``"10.1.2.0/24"``, ``"192.168.1.7"``, ``"::1"``).
 
@@ -93,38 +101,45 @@ class AccessPolicy:
         ConfigError
             An address or network cannot be parsed.
         """
-        parsed: tuple[IPNetwork, ...] | None = None
-        if networks is not None:
-            items = []
-            for text in networks:
-                try:
-                    items.append(ipaddress.ip_network(text.strip(), strict=False))
-                except ValueError as exc:
-                    raise ConfigError(f"not an address or network: {text!r}") from exc
-            parsed = tuple(items)
         titles = (
             None if calling_ae_titles is None else frozenset(t.strip() for t in calling_ae_titles)
         )
-        return cls(calling_ae_titles=titles, networks=parsed)
+        return cls(titles, _parse_networks(networks), _parse_networks(move_sources))
 
     def allows_address(self, address: str) -> bool:
         """Whether a peer at ``address`` (IPv4, IPv6 or IPv4-mapped IPv6) may associate."""
-        if self.networks is None:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        candidates = [ip]
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            candidates.append(ip.ipv4_mapped)
-        return any(
-            c in net for c in candidates for net in self.networks if c.version == net.version
-        )
+        return self.networks is None or _in_networks(address, self.networks)
+
+    def allows_move_answer(self, address: str) -> bool:
+        """Whether a C-STORE naming us as its move originator may come from ``address``."""
+        return self.move_sources is None or _in_networks(address, self.move_sources)
 
     def allows_calling_ae(self, ae_title: str) -> bool:
         """Whether a peer calling itself ``ae_title`` may associate."""
         return self.calling_ae_titles is None or ae_title.strip() in self.calling_ae_titles
+
+
+def _parse_networks(texts: Iterable[str] | None) -> tuple[IPNetwork, ...] | None:
+    if texts is None:
+        return None
+    items = []
+    for text in texts:
+        try:
+            items.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"not an address or network: {text!r}") from exc
+    return tuple(items)
+
+
+def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    candidates = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates.append(ip.ipv4_mapped)
+    return any(c in net for c in candidates for net in networks if c.version == net.version)
 
 
 def server_tls_context(
@@ -219,6 +234,16 @@ class _Handlers:
             requestor = event.assoc.requestor
             calling = requestor.ae_title
             request = cast(C_STORE, event.request)
+            originator = str(request.MoveOriginatorApplicationEntityTitle or "").strip()
+            if originator == self.ae_title and not self.policy.allows_move_answer(
+                requestor.address
+            ):
+                self.refusals.refused(
+                    requestor.address,
+                    "it answers our C-MOVE but is no [[sources]] host",
+                    f"C-STORE of {calling!r}",
+                )
+                return NOT_AUTHORIZED
             receipt = self.receiver.receive(
                 lambda: event.dataset,  # decoded once, header only: pixels stay encoded
                 event.encoded_dataset,
