@@ -17,8 +17,6 @@ Small synthetic series (tests/series_factory.py) keep the whole run short.
 
 from __future__ import annotations
 
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,85 +27,12 @@ from bonect.catalog import Catalog, catalog_url
 from bonect.trainer.harvest import harvest_local
 from bonect.trainer.sites import SiteStore, hashed_key
 from dicom_peers import LOCALHOST, free_port, storescu
-from e2e.conftest import PEERS_MISSING, Daemon, OrthancOnPort, StartDaemon
-from series_factory import make_mr_series, write_series
+from e2e.conftest import PEERS_MISSING, Daemon, StartDaemon
+from e2e.priors_support import Patient, QueryRetrievePacs, prior_series
 
 pytestmark = pytest.mark.skipif(PEERS_MISSING, reason="needs Debian's dcmtk and orthanc")
 
 MR_DATE = "20260301"
-ISSUER = "HOSPITAL-A"
-
-
-class QueryRetrievePacs(OrthancOnPort):
-    """Orthanc that knows bonect as a modality: it may store, find, move and get."""
-
-    def __init__(self, folder: Path, *, dicom_port: int, bonect_port: int) -> None:
-        super().__init__(folder, dicom_port=dicom_port, allowed_aets=("BONECT",))
-        self.bonect_port = bonect_port
-
-    def config(self) -> dict[str, Any]:
-        config = super().config()
-        config["DicomModalities"] = {
-            "bonect": {
-                "AET": "BONECT",
-                "Host": LOCALHOST,
-                "Port": self.bonect_port,
-                "AllowEcho": True,
-                "AllowStore": True,
-                "AllowFind": True,
-                "AllowMove": True,
-                "AllowGet": True,
-            }
-        }
-        return config
-
-    def upload(self, paths: list[Path]) -> None:
-        """Store files through the REST API (as if they had been there for years)."""
-        for path in paths:
-            request = urllib.request.Request(
-                f"{self.url}/instances", data=path.read_bytes(), method="POST"
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                response.read()
-
-
-@dataclass
-class Patient:
-    mr: list[Path]
-    mr_series: str
-    wanted: list[str]  # CT series UIDs to be retrieved
-    unwanted: list[str]  # CT series UIDs at the PACS never to be retrieved
-
-
-def _series(
-    folder: Path,
-    *,
-    modality: str,
-    patient_id: str,
-    name: str,
-    study_date: str,
-    description: str,
-    study_uid: str,
-    slices: int = 6,
-    localizer: bool = False,
-) -> tuple[list[Path], str]:
-    datasets = make_mr_series(
-        (slices, 12, 12),
-        (3.0, 2.0, 2.0),
-        modality=modality,
-        patient_id=patient_id,
-        patient_name=name,
-        series_description=description,
-        study_uid=study_uid,
-    )
-    for ds in datasets:
-        ds.StudyDate = study_date
-        ds.SeriesDate = study_date
-        ds.IssuerOfPatientID = ISSUER
-        if localizer:
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
-    paths = write_series(datasets, folder)
-    return paths, str(datasets[0].SeriesInstanceUID)
 
 
 def make_patients(root: Path, pacs: QueryRetrievePacs) -> dict[str, Patient]:
@@ -115,7 +40,7 @@ def make_patients(root: Path, pacs: QueryRetrievePacs) -> dict[str, Patient]:
     ct_dates = {"A": "20260101", "B": "20240301", "C": None, "D": None, "E": "20260215"}
     for key, ct_date in ct_dates.items():
         pid, name = f"PRIOR-{key}", f"Doe^Jane{key}"
-        mr, mr_uid = _series(
+        mr, mr_uid = prior_series(
             root / key / "mr",
             modality="MR",
             patient_id=pid,
@@ -128,7 +53,7 @@ def make_patients(root: Path, pacs: QueryRetrievePacs) -> dict[str, Patient]:
         unwanted: list[str] = []
         if ct_date is not None:
             ct_study = generate_uid()
-            ct, ct_uid = _series(
+            ct, ct_uid = prior_series(
                 root / key / "ct",
                 modality="CT",
                 patient_id=pid,
@@ -140,7 +65,7 @@ def make_patients(root: Path, pacs: QueryRetrievePacs) -> dict[str, Patient]:
             pacs.upload(ct)
             (wanted if key in ("A", "E") else unwanted).append(ct_uid)
             if key == "E":
-                scout, scout_uid = _series(
+                scout, scout_uid = prior_series(
                     root / key / "scout",
                     modality="CT",
                     patient_id=pid,
@@ -154,7 +79,7 @@ def make_patients(root: Path, pacs: QueryRetrievePacs) -> dict[str, Patient]:
                 pacs.upload(scout)
                 unwanted.append(scout_uid)
         if key == "C":  # another patient, a similar name, a CT in the window
-            other, other_uid = _series(
+            other, other_uid = prior_series(
                 root / key / "other",
                 modality="CT",
                 patient_id="PRIOR-C2",
