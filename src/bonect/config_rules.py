@@ -3,7 +3,7 @@
 The rules are configuration, not code. Every pattern is a Python regular expression searched
 case-insensitively; an invalid one is a validation error naming its key
 (``rules.convert.0.series_description: Value error, invalid regular expression ...``). What the
-rules *do* with a series (its role) is decided by :mod:`bonect.daemon.rules`; this module is
+rules *do* with a series (its role) is decided by :mod:`bonect.rules`; this module is
 the part :mod:`bonect.config` loads, so it imports nothing but pydantic.
 
 The defaults match the bone-MR techniques of the paper (ZTE, UTE, PETRA, "black bone" GRE) as

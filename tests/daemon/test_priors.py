@@ -15,7 +15,7 @@ from bonect.catalog import priors as store
 from bonect.catalog.priors import PriorState, RetrievalState
 from bonect.config import Config, SourceConfig, parse_hours
 from bonect.daemon.priors import PriorStep, in_allowed_hours, next_opening, run_priors_once
-from bonect.daemon.query_retrieve import (
+from bonect.dicom.query_retrieve import (
     QueryRetrieveClient,
     QueryRetrieveRefused,
     QueryTimeouts,

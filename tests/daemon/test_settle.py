@@ -11,8 +11,8 @@ import pytest
 
 from bonect.catalog import Catalog, JobState, Role, SettleState, catalog_url
 from bonect.catalog.records import SeriesGeometry
-from bonect.daemon.rules import RulesConfig
 from bonect.daemon.settle import series_is_complete, settle_once
+from bonect.rules import RulesConfig
 from catalog.catalog_support import (
     AXIAL,
     FakeClock,

@@ -16,7 +16,6 @@ from pydicom.uid import generate_uid
 
 from bonect.catalog import Catalog, catalog_url
 from bonect.converter.dicom_reader import read_series_datasets
-from bonect.daemon.rules import RulesConfig
 from bonect.daemon.settle import completeness, series_is_complete, settle_once
 from bonect.dicom.geometry import (
     StackProblem,
@@ -25,6 +24,7 @@ from bonect.dicom.geometry import (
     stack_affine,
 )
 from bonect.errors import SeriesError
+from bonect.rules import RulesConfig
 from catalog.catalog_support import AXIAL, SAGITTAL, FakeClock, header
 from series_factory import make_enhanced_mr, make_mr_series
 

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
 
+from bonect.catalog.backfill import is_training_only
 from bonect.catalog.lifecycle import enqueue
 from bonect.catalog.records import (
     InstanceHeader,
@@ -377,5 +378,6 @@ def settle_series(
     if int(getattr(result, "rowcount", 0) or 0) != 1:
         return None
     series = session.scalars(select(Series).where(Series.series_uid == series_uid)).one()
-    job_id = enqueue(session, series, now) if role == Role.CONVERT else None
+    queue = role == Role.CONVERT and not is_training_only(session, series_uid)  # back-filled
+    job_id = enqueue(session, series, now) if queue else None
     return Settled(series_uid=series_uid, role=role, job_id=job_id)

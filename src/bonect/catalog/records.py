@@ -52,7 +52,7 @@ class InstanceRecord:
 
 @dataclass(frozen=True)
 class SeriesRecord:
-    """A series as the catalog holds it; satisfies :class:`bonect.daemon.rules.SeriesFields`."""
+    """A series as the catalog holds it; satisfies :class:`bonect.rules.SeriesFields`."""
 
     series_uid: str
     study_uid: str

@@ -14,7 +14,7 @@ next due one, and runs it to its end or its next wait:
    association, through the one receive path) of exactly those series, one at a time, paced
    by ``max_instances_per_second``; every series retrieved: ``done``.
 
-A retryable failure (:class:`~bonect.daemon.query_retrieve.SourceUnavailable`) puts the task
+A retryable failure (:class:`~bonect.dicom.query_retrieve.SourceUnavailable`) puts the task
 off with exponential backoff (the ``[sender]`` retry settings) up to ``MAX_ATTEMPTS``; a
 permanent one fails it. A series whose retrieval was interrupted stays ``pending`` and is asked
 for again on the next attempt (the archive keeps one copy of each SOP Instance UID).
@@ -43,7 +43,9 @@ from bonect.catalog.priors import PriorState, RetrievalState, WantedSeries
 from bonect.catalog.queue import Catalog
 from bonect.catalog.tables import Job
 from bonect.config import Config, SourceConfig
-from bonect.daemon.query_retrieve import (
+from bonect.daemon.receive import OUT_OF_RESOURCES, Receiver
+from bonect.daemon.sender import RetryPolicy
+from bonect.dicom.query_retrieve import (
     QueryRetrieveClient,
     QueryRetrieveError,
     RetrieveResult,
@@ -51,9 +53,7 @@ from bonect.daemon.query_retrieve import (
     StoreHandler,
     StudyMatch,
 )
-from bonect.daemon.receive import OUT_OF_RESOURCES, Receiver
-from bonect.daemon.rules import keep_ct_matches
-from bonect.daemon.sender import RetryPolicy
+from bonect.prior_search import search_prior_cts, study_day
 
 if TYPE_CHECKING:
     from bonect.daemon.node import Node
@@ -166,21 +166,6 @@ class GetReceiver:
 # -- the step ----------------------------------------------------------------------------------
 
 
-def _mr_day(study_date: str, now: datetime) -> date:
-    try:
-        return datetime.strptime(study_date[:8], "%Y%m%d").date()
-    except ValueError:
-        return now.date()  # no StudyDate: the day it arrived is the best guess
-
-
-def _in_window(study_date: str, low: date, high: date) -> bool:
-    try:
-        day = datetime.strptime(study_date[:8], "%Y%m%d").date()
-    except ValueError:
-        return False  # undated: cannot be paired within the window
-    return low <= day <= high
-
-
 def _output_series(catalog: Catalog, series_uids: list[str]) -> set[str]:
     if not series_uids:
         return set()
@@ -213,32 +198,17 @@ def _search(
     mr = store.mr_patient(catalog, task.mr_series_uid)
     if mr is None or not mr.patient_id.strip():
         return [], "the MR series has no PatientID to search by"
-    days = config.trainer.pair_window_days
-    day = _mr_day(mr.study_date, now)
-    low, high = day - timedelta(days=days), day + timedelta(days=days)
-    found = client.find_studies(
-        mr.patient_id,
+    found = search_prior_cts(
+        client,
+        config.rules,
+        patient_id=mr.patient_id,
         issuer_of_patient_id=mr.issuer_of_patient_id,
-        date_from=low,
-        date_to=high,
+        mr_day=study_day(mr.study_date, now.date()),  # undated: the day it arrived
+        window_days=config.trainer.pair_window_days,
     )
-    studies = [s for s in found if _in_window(s.study_date, low, high)]
-    rules = config.rules
-    candidates: list[tuple[StudyMatch, SeriesMatch]] = []
-    refused = 0
-    for study in studies:
-        for series in client.find_series(study.study_uid):
-            if series.modality.upper() != "CT":
-                continue
-            if series.manufacturer.strip().lower() == rules.output_manufacturer.lower():
-                continue  # our own synthetic CT, sent back to this PACS: never a prior
-            if not keep_ct_matches(rules.keep_ct, series):
-                refused += 1
-                continue
-            candidates.append((study, series))
-    if not candidates and not refused:
-        return [], _why_no_study(client, mr, low, high, days, now)
-    uids = [s.series_uid for _, s in candidates]
+    if not found.candidates:
+        return [], found.reason
+    uids = [s.series_uid for _, s in found.candidates]
     present = store.series_in_archive(catalog, uids) | _output_series(catalog, uids)
     wanted = [
         WantedSeries(
@@ -248,35 +218,12 @@ def _search(
             series_description=series.series_description,
             expected_instances=series.instances,
         )
-        for study, series in candidates
+        for study, series in found.candidates
         if series.series_uid not in present
     ]
     if wanted:
         return wanted, ""
-    if candidates:
-        return [], f"{len(candidates)} CT series found, all already in the archive"
-    return [], f"{refused} CT series found, none the keep_ct rules accept (scouts, dose reports)"
-
-
-def _why_no_study(
-    client: PriorsClient,
-    mr: store.MrPatient,
-    low: date,
-    high: date,
-    days: float,
-    now: datetime,
-) -> str:
-    """Why no CT of the patient lies in the window: none at all, or how far the nearest is."""
-    every = client.find_studies(mr.patient_id, issuer_of_patient_id=mr.issuer_of_patient_id)
-    outside = [s for s in every if not _in_window(s.study_date, low, high)]
-    if not outside:
-        return "no CT study of this patient at the source"
-    day = _mr_day(mr.study_date, now)
-    nearest = min(abs((_mr_day(s.study_date, now) - day).days) for s in outside)
-    return (
-        f"{len(outside)} CT study(ies) outside the pairing window of {days:g} days "
-        f"(nearest {nearest} days from the MR)"
-    )
+    return [], f"{len(found.candidates)} CT series found, all already in the archive"
 
 
 def _retrieve(

@@ -24,8 +24,8 @@ from datetime import datetime, timedelta
 
 from bonect.catalog.queue import Catalog
 from bonect.catalog.records import SeriesGeometry
-from bonect.daemon.rules import RulesConfig, classify
 from bonect.dicom.geometry import StackProblem, StackVerdict, check_stack
+from bonect.rules import RulesConfig, classify
 
 logger = logging.getLogger(__name__)
 

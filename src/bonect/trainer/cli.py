@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 from bonect import __version__
@@ -32,6 +33,13 @@ def _load(args: argparse.Namespace) -> Config:
             "or /etc/bonect/config.toml"
         )
     return load_config(path)
+
+
+def _date_arg(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _image_size(text: str) -> int:
@@ -211,6 +219,46 @@ def _harvest(config: Config) -> list[str]:
     return summary.lines()
 
 
+def cmd_harvest(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from bonect.catalog.engine import catalog_url
+    from bonect.catalog.queue import Catalog
+    from bonect.dicom.query_retrieve import QueryRetrieveClient
+    from bonect.trainer.backfill import case_lines, find_cases, retrieve_cases
+
+    config = _load(args)
+    source = next((s for s in config.sources if s.name == args.source), None)
+    if source is None:
+        known = ", ".join(s.name for s in config.sources) or "none configured"
+        raise BonectError(f"no [[sources]] entry named {args.source!r} ({known})")
+    until = args.until or datetime.now().date()
+    if until < args.since:
+        raise BonectError(f"--until {until} is before --since {args.since}")
+    client = QueryRetrieveClient(source, calling_ae=config.node.ae_title)
+    cases = find_cases(client, config, since=args.since, until=until)
+    print("\n".join(case_lines(cases)))
+    if args.dry_run:
+        return 0
+    catalog = Catalog.open(catalog_url(config.storage.dir, config.catalog.url))
+    try:
+        asked, skipped = retrieve_cases(
+            catalog,
+            client,
+            source,
+            cases,
+            move_ae=source.move_destination_ae or config.node.ae_title,
+            now=lambda: datetime.now(UTC),
+        )
+    finally:
+        catalog.close()
+    print(
+        f"asked {source.name} for {asked} bone-MR series ({skipped} already in the archive); "
+        "the daemon retrieves their CTs as they settle (bonect-daemon priors)"
+    )
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------
 
 
@@ -265,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="local: do not read new pairs from the catalog first",
     )
     pairs.set_defaults(handler=cmd_pairs)
+
+    harvest = sub.add_parser(
+        "harvest",
+        help="back-fill: find bone MR already in a PACS and their CTs; retrieve them",
+        description="Ask a [[sources]] PACS for the bone-MR series of a date range (C-FIND, "
+        "matched by the [rules]) and each patient's CT in the pairing window; print the "
+        "pairable cases; then (without --dry-run) C-MOVE the bone MR to the running daemon, "
+        "which retrieves their CTs. Back-filled MR are paired, never converted or sent. "
+        "Run it again to resume: what the archive holds whole is not asked again.",
+    )
+    harvest.add_argument("--source", required=True, help="a [[sources]] name")
+    harvest.add_argument("--since", required=True, type=_date_arg, help="YYYY-MM-DD")
+    harvest.add_argument("--until", type=_date_arg, help="YYYY-MM-DD (default: today)")
+    harvest.add_argument("--dry-run", action="store_true", help="print the cases; move nothing")
+    harvest.set_defaults(handler=cmd_harvest)
 
     def training_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(

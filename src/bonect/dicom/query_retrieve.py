@@ -132,7 +132,7 @@ class StudyMatch:
 
 @dataclass(frozen=True, slots=True)
 class SeriesMatch:
-    """A series-level C-FIND answer; satisfies :class:`bonect.daemon.rules.SeriesFields`."""
+    """A series-level C-FIND answer; satisfies :class:`bonect.rules.SeriesFields`."""
 
     study_uid: str
     series_uid: str
@@ -336,6 +336,35 @@ class QueryRetrieveClient:
                     study_date=_text(answer, "StudyDate"),
                     patient_id=found_id,
                     issuer_of_patient_id=found_issuer,
+                    modalities=_values(answer, "ModalitiesInStudy"),
+                )
+            )
+        return matches
+
+    def find_studies_between(
+        self, date_from: date, date_to: date, *, modality: str = "MR"
+    ) -> list[StudyMatch]:
+        """The studies of any patient dated ``date_from``..``date_to`` with ``modality`` in
+        them (the back-fill's first question); answers without a PatientID are dropped."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.PatientID = ""
+        query.IssuerOfPatientID = ""
+        query.StudyInstanceUID = ""
+        query.StudyDate = f"{dicom_date(date_from)}-{dicom_date(date_to)}"
+        query.ModalitiesInStudy = modality
+        query.NumberOfStudyRelatedSeries = ""
+        matches = []
+        for answer in self._find(query, "study C-FIND"):
+            study_uid, patient_id = _text(answer, "StudyInstanceUID"), _text(answer, "PatientID")
+            if not study_uid or not patient_id:
+                continue
+            matches.append(
+                StudyMatch(
+                    study_uid=study_uid,
+                    study_date=_text(answer, "StudyDate"),
+                    patient_id=patient_id,
+                    issuer_of_patient_id=_text(answer, "IssuerOfPatientID"),
                     modalities=_values(answer, "ModalitiesInStudy"),
                 )
             )

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from bonect.config_rules import ConvertRule, KeepCtRule, RulesConfig
 from bonect.converter.volume import Volume
-from bonect.daemon.rules import Role, classify
 from bonect.dicom.header import InstanceHeader, read_header
 from bonect.dicom.provenance import MANUFACTURER
 from bonect.phantom.dicom import PatientInfo, StudyInfo, acquired_series_datasets
+from bonect.rules import Role, classify
 
 RULES = RulesConfig()
 
