@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pydicom
 import pytest
 
@@ -22,7 +24,11 @@ def test_bone_mr_comes_back_as_one_sct_series_and_ct_is_kept(
     coarse_patient: WrittenPatient,
     coarse_mr: Series,
 ) -> None:
-    daemon = start_daemon(pacs_port=pacs.dicom_port)
+    shell = os.umask(0o022)  # as a shell's: the daemon (a child) inherits it
+    try:
+        daemon = start_daemon(pacs_port=pacs.dicom_port)
+    finally:
+        os.umask(shell)
     tmp = daemon.folder
     assert coarse_patient.ct_dicom is not None
     ct_files = sorted(coarse_patient.ct_dicom.glob("*.dcm"))
@@ -69,3 +75,8 @@ def test_bone_mr_comes_back_as_one_sct_series_and_ct_is_kept(
     assert mr.PatientID not in daemon.log_text()  # no patient ID in the logs
 
     assert daemon.stop() == 0  # SIGTERM: a clean stop
+    # started from a shell with umask 022, still nothing the daemon wrote is readable by others
+    written = [p for p in daemon.storage.rglob("*") if not p.is_symlink()]
+    assert any(p.suffix == ".dcm" for p in written) and any("catalog" in p.name for p in written)
+    readable = [p for p in written if p.stat().st_mode & 0o077]
+    assert readable == [], readable[:5]

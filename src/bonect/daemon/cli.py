@@ -186,6 +186,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     from bonect.daemon.priors import start_priors_thread
 
     set_threads(config.converter.threads)
+    # patient data: nothing we write is for other users, whatever the shell's umask (the unit
+    # sets UMask=0077 as well); a stricter umask is kept
+    os.umask(os.umask(0o077) | 0o077)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -69,7 +69,8 @@ _CANCELLED = 0xFE00
 
 #: The storage SOP classes a C-GET proposes to receive: the CT we retrieve.
 CT_STORAGE_CLASSES = (CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
-_GET_TRANSFER_SYNTAXES = [
+#: What a C-GET proposes for the CT it receives on its own association (SCP role).
+GET_TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
@@ -453,7 +454,7 @@ class QueryRetrieveClient:
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         for sop_class in CT_STORAGE_CLASSES:
-            ae.add_requested_context(sop_class, _GET_TRANSFER_SYNTAXES)
+            ae.add_requested_context(sop_class, GET_TRANSFER_SYNTAXES)
         roles = [build_role(sop_class, scp_role=True) for sop_class in CT_STORAGE_CLASSES]
         assoc = self._associate(ae, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)])
         try:
