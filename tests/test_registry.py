@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bonect.audit import AuditTrail
 from bonect.converter.preprocess import PREPROCESSING_VERSION
 from bonect.errors import ModelError
 from bonect.registry import (
@@ -167,3 +168,16 @@ def test_versions_oldest_first_skipping_broken_and_hidden_folders(registry: Path
     found = versions(registry)
     assert [(v.name, v.promoted) for v in found] == [("b", False), ("a", True)]
     assert found[1].folder == registry / "a" and found[1].manifest.version == "a"
+
+
+def test_promotions_and_roll_backs_are_audit_records(registry: Path, tmp_path: Path) -> None:
+    for name in ("v1", "v2"):
+        _version(registry, name)
+    trail = AuditTrail(tmp_path / "audit", source_id="BONECT@host/trainer")
+    promote(registry, "v1", reason="first", now=T0, audit=trail)
+    promote(registry, "v2", reason="better on local data", now=T0, audit=trail)
+    assert rollback(registry, now=T0, audit=trail) == "v1"
+    lines = [json.loads(line) for line in trail.path.read_text().splitlines()]
+    assert [r["Event"] for r in lines] == ["model_promoted", "model_promoted", "model_rolled_back"]
+    assert lines[1]["EventOutcomeDescription"] == "better on local data"
+    assert lines[2]["bonect"] == {"promoted": "v1", "previous": "v2", "at": T0.isoformat()}

@@ -88,6 +88,18 @@ class MetricsConfig(BaseModel, frozen=True, extra="forbid"):
     enabled: bool = True
 
 
+class AuditConfig(BaseModel, frozen=True, extra="forbid"):
+    enabled: bool = True  # <storage dir>/audit/audit.jsonl
+    syslog: str = ""  # "udp://host[:port]": each record also as an RFC 5424 message
+
+    @field_validator("syslog")
+    @classmethod
+    def _udp(cls, value: str) -> str:
+        if value and not re.fullmatch(r"udp://[^/:\s]+(:\d{1,5})?", value):
+            raise ValueError("must be udp://host[:port]")
+        return value
+
+
 class CatalogConfig(BaseModel, frozen=True, extra="forbid"):
     url: str = ""
 
@@ -246,6 +258,7 @@ class Config(BaseModel, frozen=True, extra="forbid"):
     rules: RulesConfig = RulesConfig()
     sender: SenderConfig = SenderConfig()
     metrics: MetricsConfig = MetricsConfig()
+    audit: AuditConfig = AuditConfig()
     web: WebConfig = WebConfig()
     trainer: TrainerConfig = TrainerConfig()
     destinations: tuple[Destination, ...] = ()
@@ -270,6 +283,11 @@ class Config(BaseModel, frozen=True, extra="forbid"):
     def model_registry(self) -> Path:
         """The folder of model versions and the pointer to the promoted one."""
         return self.storage.dir / "models"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The audit trail's folder (``audit.jsonl``)."""
+        return self.storage.dir / "audit"
 
     @property
     def trainer_dir(self) -> Path:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from bonect.audit import AuditEvent, AuditTrail
 from bonect.errors import BonectError, ModelError
 from bonect.hounsfield import HU_MAX, HU_MIN
 
@@ -239,8 +240,17 @@ class Promotion:
     reason: str
 
 
-def promote(registry: Path, name: str, *, reason: str, now: datetime | None = None) -> Path:
-    """Make ``name`` the promoted version; the daemon swaps it in between jobs.
+def promote(
+    registry: Path,
+    name: str,
+    *,
+    reason: str,
+    now: datetime | None = None,
+    audit: AuditTrail | None = None,
+    event: AuditEvent = AuditEvent.MODEL_PROMOTED,
+) -> Path:
+    """Make ``name`` the promoted version; the daemon swaps it in between jobs. With
+    ``audit``, the promotion is also an audit record (``event``).
 
     Raises
     ------
@@ -261,6 +271,10 @@ def promote(registry: Path, name: str, *, reason: str, now: datetime | None = No
     with (registry / PROMOTIONS).open("a", encoding="utf-8") as log:
         log.write(json.dumps(entry) + "\n")
     logger.info("promoted %s (was %s): %s", name, previous or "nothing", reason)
+    if audit is not None:
+        audit.record(
+            event, reason=reason, detail={"promoted": name, "previous": previous, "at": at}
+        )
     return folder
 
 
@@ -288,7 +302,9 @@ def promotion_history(registry: Path) -> list[Promotion]:
     return history
 
 
-def rollback(registry: Path, *, now: datetime | None = None) -> str:
+def rollback(
+    registry: Path, *, now: datetime | None = None, audit: AuditTrail | None = None
+) -> str:
     """Promote again the version that was promoted before the current one; returns its name.
 
     Raises
@@ -299,7 +315,14 @@ def rollback(registry: Path, *, now: datetime | None = None) -> str:
     current = promoted_name(registry)
     for entry in reversed(promotion_history(registry)):
         if entry.promoted == current and entry.previous:
-            promote(registry, entry.previous, reason=f"roll back from {current}", now=now)
+            promote(
+                registry,
+                entry.previous,
+                reason=f"roll back from {current}",
+                now=now,
+                audit=audit,
+                event=AuditEvent.MODEL_ROLLED_BACK,
+            )
             return entry.previous
     raise RegistryError(
         f"nothing to roll back to: {current or 'no model'} is promoted and no earlier promotion "

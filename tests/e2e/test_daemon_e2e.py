@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pydicom
 import pytest
 
 from bonect.phantom.cohort import WrittenPatient
-from dicom_peers import OrthancServer, have, storescu
+from dicom_peers import OrthancServer, echoscu, have, storescu
 from dicom_validation import dciodvfy_errors
 from e2e.conftest import PEERS_MISSING, Series, StartDaemon, copy_series, synthetic_series
 
@@ -73,8 +74,24 @@ def test_bone_mr_comes_back_as_one_sct_series_and_ct_is_kept(
     assert status.returncode == 0, status.stderr
     assert "done 1" in status.stdout, status.stdout
     assert mr.PatientID not in daemon.log_text()  # no patient ID in the logs
+    assert echoscu(daemon.port, called_ae="NOT_BONECT").returncode != 0  # refused
 
     assert daemon.stop() == 0  # SIGTERM: a clean stop
+    # the audit trail: one record per security-relevant event, no patient name or ID
+    trail = (daemon.storage / "audit" / "audit.jsonl").read_text()
+    events = [json.loads(line) for line in trail.splitlines()]
+    kinds = [e["Event"] for e in events]
+    assert kinds[0] == "configuration_loaded"
+    assert kinds.count("instances_received") == 3  # the MR, the T1, the CT
+    assert "association_accepted" in kinds and "association_refused" in kinds
+    (sent,) = [e for e in events if e["Event"] == "sct_sent"]
+    assert sent["EventOutcomeIndicator"] == 0
+    assert sent["ParticipantObjectIdentification"][1]["ParticipantObjectDetail"] == {
+        "NumberOfInstances": len(coarse_mr)
+    }
+    (refused,) = [e for e in events if e["Event"] == "association_refused"]
+    assert "called AE 'NOT_BONECT' is not ours" in refused["EventOutcomeDescription"]
+    assert str(mr.PatientID) not in trail and str(mr.PatientName) not in trail
     # started from a shell with umask 022, still nothing the daemon wrote is readable by others
     written = [p for p in daemon.storage.rglob("*") if not p.is_symlink()]
     assert any(p.suffix == ".dcm" for p in written) and any("catalog" in p.name for p in written)

@@ -17,6 +17,7 @@ Small synthetic series (tests/series_factory.py) keep the whole run short.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,16 @@ def test_priors_found_and_retrieved(
             for uid in patient.unwanted:
                 assert daemon.catalog.instance_count(uid) == 0, uid
         assert daemon.stop() == 0
+    audited = [
+        json.loads(line)
+        for line in (daemon.storage / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    retrieved_series = {
+        e["ParticipantObjectIdentification"][1]["ParticipantObjectID"]
+        for e in audited
+        if e["Event"] == "prior_retrieved"
+    }
+    assert retrieved_series == {uid for p in patients.values() for uid in p.wanted}
     # the trainer's local site (what `bonect-trainer augment --site local` harvests first)
     # pairs exactly A and E, each with the CT that was retrieved for it
     catalog = Catalog.open(catalog_url(daemon.storage, ""))

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
+from bonect.audit import MINOR_FAILURE, AuditEvent, AuditTrail, Participant
+
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
@@ -60,11 +62,18 @@ class ConnectionLimits:
 
 
 class RefusalLog:
-    """Log a refusal once per (address, reason) per ``interval`` seconds, with what was skipped."""
+    """Log a refusal once per (address, reason) per ``interval`` seconds, with what was skipped;
+    each line logged is also an audit record (``association_refused``)."""
 
-    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        audit: AuditTrail | None = None,
+    ):
         self._interval = interval
         self._clock = clock
+        self._audit = audit
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> (logged at, skipped)
 
@@ -82,6 +91,13 @@ class RefusalLog:
                     del self._seen[old]
         more = f" ({skipped} more since the last line)" if skipped else ""
         logger.warning("refusing %s from %s: %s%s", what, address, reason, more)
+        if self._audit is not None:
+            self._audit.record(
+                AuditEvent.ASSOCIATION_REFUSED,
+                outcome=MINOR_FAILURE,
+                reason=f"{what}: {reason}{more}",
+                participants=[Participant(address, requestor=True, address=address)],
+            )
 
 
 class AssociationSlots:

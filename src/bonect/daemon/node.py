@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bonect.audit import AuditEvent, AuditTrail, Participant, audit_trail
 from bonect.catalog.engine import catalog_url
 from bonect.catalog.queue import Catalog
 from bonect.catalog.tables import Role, SettleState
@@ -128,6 +129,7 @@ class Node:
     metrics: NodeMetrics
     wake: threading.Event
     clock: Callable[[], datetime]
+    audit: AuditTrail | None = None  # [audit]: the security-relevant events
     last_housekeeping: datetime | None = None
     backoff: RetryPolicy = STEP_BACKOFF  # after a failed step
     failed_steps: int = 0  # steps in a row that failed
@@ -142,6 +144,7 @@ class Node:
         requeued = catalog.requeue_orphans(clock(), claimed_by_prefix=worker_prefix)
         if requeued:
             logger.warning("jobs left running by a stopped process queued again: %s", requeued)
+        audit = audit_trail(config, process="daemon")
         archive = Archive.open(storage / "archive", fsync=config.storage.fsync)
         archive.remove_partial_writes()  # a killed process's; before anything is received
         cut = catalog.associations_cut_by_a_stop(clock())
@@ -180,6 +183,7 @@ class Node:
                 request_timeout=config.node.request_timeout_seconds,
             ),
             network_timeout=config.node.idle_timeout_seconds,
+            audit=audit,
         )
         if security.allow_any_peer:
             logger.warning(
@@ -213,6 +217,7 @@ class Node:
             settings=settings,
             clock=clock,
             metrics=metrics,
+            audit=audit,
         )
         dropfolder = DropFolder.open(storage, receiver=receiver)
         logger.info(
@@ -236,7 +241,29 @@ class Node:
             metrics=metrics,
             wake=wake,
             clock=clock,
-        )
+            audit=audit,
+        )._audit_start(server.port, tls is not None)
+
+    def _audit_start(self, port: int, tls: bool) -> Node:
+        """Record what this start runs with (``configuration_loaded``); no patient data."""
+        if self.audit is not None:
+            config = self.config
+            self.audit.record(
+                AuditEvent.CONFIGURATION_LOADED,
+                participants=[Participant(config.node.ae_title, requestor=False)],
+                detail={
+                    "port": port,
+                    "tls": tls,
+                    "client_certificates": tls and config.security.tls_ca is not None,
+                    "allowed_networks": list(config.security.allowed_networks),
+                    "allow_any_peer": config.security.allow_any_peer,
+                    "allowed_ae_titles": list(config.security.allowed_ae_titles),
+                    "destinations": [d.name for d in config.destinations],
+                    "sources": [s.name for s in config.sources],
+                    "model": self.models.label,
+                },
+            )
+        return self
 
     def step(self, now: datetime) -> bool:
         """Settle what is complete, then process one job; True when a job was processed.
@@ -255,6 +282,7 @@ class Node:
                 now,
                 quiet_seconds=self.config.settle.quiet_seconds,
                 aborted_quiet_seconds=self.config.settle.aborted_quiet_seconds,
+                audit=self.audit,
             )
             if queued:
                 self.metrics.series_completed.inc(len(queued))

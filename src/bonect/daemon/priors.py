@@ -38,6 +38,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from sqlalchemy import select
 
+from bonect.audit import AuditEvent, AuditTrail, Participant, Subject
 from bonect.catalog import priors as store
 from bonect.catalog.priors import PriorState, RetrievalState, WantedSeries
 from bonect.catalog.queue import Catalog
@@ -236,6 +237,7 @@ def _retrieve(
     *,
     receiver: Receiver | None,
     wait: Callable[[float], object],
+    audit: AuditTrail | None = None,
 ) -> list[str]:
     """Retrieve the task's pending series; the UIDs retrieved. Raises QueryRetrieveError."""
     move_ae = source.move_destination_ae or config.node.ae_title
@@ -269,6 +271,18 @@ def _retrieve(
             catalog, row.id, RetrievalState.RETRIEVED, now, completed=result.completed
         )
         retrieved.append(row.series_uid)
+        if audit is not None:
+            audit.record(
+                AuditEvent.PRIOR_RETRIEVED,
+                participants=[
+                    Participant(config.node.ae_title, requestor=True),
+                    Participant(
+                        source.ae_title, requestor=False, address=f"{source.host}:{source.port}"
+                    ),
+                ],
+                subject=Subject(None, row.study_uid, row.series_uid, result.completed),
+                detail={"source": source.name, "for_mr_series": task.mr_series_uid},
+            )
         logger.info(
             "prior task %d: CT series %s retrieved from %s (%d instances)",
             task.id,
@@ -295,6 +309,7 @@ def run_priors_once(
     receiver: Receiver | None = None,
     tz: tzinfo | None = None,
     wait: Callable[[float], object] | None = None,
+    audit: AuditTrail | None = None,
 ) -> PriorStep | None:
     """Run the next due "find priors" task at ``now``; None when none is due.
 
@@ -333,7 +348,15 @@ def run_priors_once(
             store.want_series(catalog, task, wanted, now)
         store.set_retrieving(catalog, task.id, now)
         retrieved = _retrieve(
-            catalog, config, source, task, client, now, receiver=receiver, wait=wait or _no_wait
+            catalog,
+            config,
+            source,
+            task,
+            client,
+            now,
+            receiver=receiver,
+            wait=wait or _no_wait,
+            audit=audit,
         )
     except (QueryRetrieveError, _Incomplete, OSError) as exc:
         permanent = isinstance(exc, QueryRetrieveError) and not exc.retryable
@@ -387,6 +410,7 @@ def run_priors_loop(
     clock: Callable[[], datetime],
     receiver: Receiver | None,
     idle_seconds: float = IDLE_SECONDS,
+    audit: AuditTrail | None = None,
 ) -> None:
     """Step until ``stop`` is set; interrupted tasks of an earlier process are resumed first."""
     requeued = store.requeue_interrupted(catalog, clock())
@@ -394,7 +418,9 @@ def run_priors_loop(
         logger.warning("prior tasks interrupted by a stop resumed: %s", requeued)
     while not stop.is_set():
         try:
-            step = run_priors_once(catalog, config, clock(), receiver=receiver, wait=stop.wait)
+            step = run_priors_once(
+                catalog, config, clock(), receiver=receiver, wait=stop.wait, audit=audit
+            )
         except Exception:  # the catalog is unavailable: try again after a pause
             logger.exception("prior search step failed")
             step = None
@@ -417,7 +443,7 @@ def start_priors_thread(node: Node, stop: threading.Event) -> threading.Thread |
     thread = threading.Thread(
         target=run_priors_loop,
         args=(node.catalog, node.config, stop),
-        kwargs={"clock": node.clock, "receiver": receiver},
+        kwargs={"clock": node.clock, "receiver": receiver, "audit": node.audit},
         name="bonect-priors",
         daemon=True,
     )

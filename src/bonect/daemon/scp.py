@@ -35,6 +35,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from bonect.audit import AuditEvent, AuditTrail, Participant
 from bonect.daemon.connection_guard import (
     AssociationSlots,
     ConnectionLimits,
@@ -172,7 +173,9 @@ class _Handlers:
         policy: AccessPolicy,
         slots: AssociationSlots,
         refusals: RefusalLog,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self.audit = audit
         self.ae_title = ae_title
         self.receiver = receiver
         self.policy = policy
@@ -205,6 +208,14 @@ class _Handlers:
             logger.exception("cannot check an association request")
             reason, why = _REJECT_TRANSIENT, f"check failed ({exc!r})"
         if reason is None:
+            if self.audit is not None:
+                self.audit.record(
+                    AuditEvent.ASSOCIATION_ACCEPTED,
+                    participants=[
+                        Participant(calling, requestor=True, address=address),
+                        Participant(self.ae_title, requestor=False),
+                    ],
+                )
             return
         self.refusals.refused(address, why, f"association of {calling!r}")
         assoc.acse.send_reject(*reason)
@@ -302,6 +313,7 @@ class StorageServer:
         limits: ConnectionLimits | None = None,
         network_timeout: float = 60.0,
         maximum_pdu_size: int = 0,
+        audit: AuditTrail | None = None,
     ) -> StorageServer:
         """Listen on ``host:port`` (0 picks a free port) and serve in background threads.
 
@@ -320,6 +332,8 @@ class StorageServer:
             Associations at once, connections waiting, and the request timeout.
         network_timeout
             An association idle this long is aborted.
+        audit
+            Where associations accepted and refused are recorded.
         maximum_pdu_size
             The largest PDU we accept (0: no limit; fewer, larger PDUs are faster).
         """
@@ -336,9 +350,14 @@ class StorageServer:
             if context.abstract_syntax is not None:
                 ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
         slots = AssociationSlots(limits.max_associations)
-        refusals = RefusalLog()
+        refusals = RefusalLog(audit=audit)
         handlers = _Handlers(
-            ae_title=ae_title, receiver=receiver, policy=policy, slots=slots, refusals=refusals
+            ae_title=ae_title,
+            receiver=receiver,
+            policy=policy,
+            slots=slots,
+            refusals=refusals,
+            audit=audit,
         )
         server = ae.make_server(
             (host, port),

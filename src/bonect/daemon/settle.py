@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from bonect.audit import AuditEvent, AuditTrail, Participant, Subject
 from bonect.catalog.queue import Catalog
 from bonect.catalog.records import SeriesGeometry
 from bonect.dicom.geometry import StackProblem, StackVerdict, check_stack
@@ -63,6 +64,7 @@ def settle_once(
     *,
     quiet_seconds: float,
     aborted_quiet_seconds: float = 3600.0,
+    audit: AuditTrail | None = None,
 ) -> list[int]:
     """Settle every series that is complete at ``now``; returns the ids of the jobs queued.
 
@@ -103,6 +105,15 @@ def settle_once(
             series.modality,
             role.value,
         )
+        if audit is not None:
+            audit.record(
+                AuditEvent.INSTANCES_RECEIVED,
+                participants=[Participant(series.calling_ae or "drop folder", requestor=True)],
+                subject=Subject(
+                    series.patient_key, series.study_uid, series.series_uid, series.instance_count
+                ),
+                detail={"role": role.value, "modality": series.modality},
+            )
         if settled.job_id is not None:
             queued.append(settled.job_id)
     return queued

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from bonect.audit import MINOR_FAILURE, SUCCESS, AuditEvent, AuditTrail, Participant, Subject
 from bonect.catalog.jobs import JobState
 from bonect.catalog.queue import Catalog, ClaimLost
 from bonect.catalog.records import JobRecord
@@ -121,7 +122,9 @@ class Worker:
         settings: WorkerSettings,
         clock: Callable[[], datetime],
         metrics: NodeMetrics | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
+        self.audit = audit
         self.name = name
         self.catalog = catalog
         self.outgoing = outgoing
@@ -311,11 +314,28 @@ class Worker:
                 on_result=self._send_recorder(job, route.name),
             )
             missing += len(report.results) - len(report.stored)
+            self._audit_send(job, route, stored=len(report.stored), tried=len(report.results))
         if missing and self.metrics is not None:
             self.metrics.send_failures.inc(missing)
         self.last_timings.add("send", started)
         if missing:
             raise SendIncomplete(f"{missing} instance(s) not yet stored")
+
+    def _audit_send(self, job: JobRecord, route: Route, *, stored: int, tried: int) -> None:
+        if self.audit is None:
+            return
+        node = route.node
+        self.audit.record(
+            AuditEvent.SCT_SENT,
+            outcome=SUCCESS if stored == tried else MINOR_FAILURE,
+            reason="" if stored == tried else f"{tried - stored} of {tried} not yet stored",
+            participants=[
+                Participant(self.settings.calling_ae, requestor=True),
+                Participant(node.ae_title, requestor=False, address=f"{node.host}:{node.port}"),
+            ],
+            subject=Subject(None, job.study_uid, job.output_series_uid, stored),
+            detail={"destination": route.name, "job": job.id, "generation": job.generation},
+        )
 
     def _withdraw_earlier(self, job: JobRecord) -> None:
         """Withdraw the output of every earlier generation, now that this one is stored."""

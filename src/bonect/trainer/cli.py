@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from bonect import __version__
+from bonect.audit import audit_trail
 from bonect.cli_boundary import positive_int, run, spacing_arg
 from bonect.config import Config, find_config, load_config
 from bonect.errors import BonectError, ConfigError
@@ -181,7 +182,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from bonect.registry import promote
 
     config = _load(args)
-    promote(config.model_registry, args.version, reason=args.reason or "promoted by hand")
+    promote(
+        config.model_registry,
+        args.version,
+        reason=args.reason or "promoted by hand",
+        audit=audit_trail(config, process="trainer"),
+    )
     print(f"promoted {args.version}; a running daemon swaps it in after a smoke test")
     return 0
 
@@ -190,7 +196,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from bonect.registry import rollback
 
     config = _load(args)
-    previous = rollback(config.model_registry)
+    previous = rollback(config.model_registry, audit=audit_trail(config, process="trainer"))
     print(f"promoted {previous} again; a running daemon swaps it in after a smoke test")
     return 0
 

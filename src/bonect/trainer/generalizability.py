@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bonect.audit import audit_trail
 from bonect.config import Config, TrainerConfig
 from bonect.converter.inference import pick_device, set_threads
 from bonect.converter.model_folder import load_model
@@ -238,7 +239,7 @@ def augment(
         if path.is_file():
             shutil.copy2(path, folder / path.name)
     if better:
-        promote(registry, name, reason=reason)
+        promote(registry, name, reason=reason, audit=audit_trail(config, process="trainer"))
     _remember(store, [s.pair.key for s in local.usable])
     say(reason)
     say(f"report: {report}")

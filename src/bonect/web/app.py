@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from bonect import __version__, registry
+from bonect.audit import AuditTrail, audit_trail
 from bonect.catalog import priors as prior_store
 from bonect.catalog import web_queries
 from bonect.catalog.jobs import JobState
@@ -72,6 +73,7 @@ class WebContext:
     thumbnails: ThumbnailCache
     model_label: Callable[[], str] | None
     clock: Callable[[], datetime]
+    audit: AuditTrail | None = None  # promotions and roll backs made here
 
 
 def _templates() -> Jinja2Templates:
@@ -215,9 +217,14 @@ async def model_action(request: Request) -> Response:
             version = str(form.get("version", ""))
             if version not in {v.name for v in registry.versions(folder)}:
                 return PlainTextResponse(f"no model version {version!r}", 404)
-            registry.promote(folder, version, reason=f"promoted on the status page by {user}")
+            registry.promote(
+                folder,
+                version,
+                reason=f"promoted on the status page by {user}",
+                audit=web.audit,
+            )
         else:
-            version = registry.rollback(folder)
+            version = registry.rollback(folder, audit=web.audit)
     except BonectError as exc:
         return PlainTextResponse(str(exc), 409)
     logger.info("web: %s %s by %s", action, version, user)
@@ -288,5 +295,6 @@ def build_app(
         thumbnails=ThumbnailCache(),
         model_label=model_label,
         clock=clock,
+        audit=audit_trail(config, process="web"),
     )
     return app
