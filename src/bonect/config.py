@@ -30,6 +30,23 @@ DEFAULT_LOCATIONS = (Path("config.toml"), Path("/etc/bonect/config.toml"))
 MODEL_KEYWORDS = ("auto", "classical")  # [converter] model: these, or a model folder
 
 
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Validator: every item an address or a CIDR network."""
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _tls_pair(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Validator of ``tls_key``: set together with ``tls_certificate``, or neither."""
+    if (info.data.get("tls_certificate") is None) != (value is None):
+        raise ValueError("tls_certificate and tls_key go together")
+    return value
+
+
 class NodeConfig(BaseModel, frozen=True, extra="forbid"):
     ae_title: str = Field(default="BONECT", min_length=1, max_length=16)
     host: str = "127.0.0.1"
@@ -57,20 +74,13 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
 
     @field_validator("allowed_networks")
     @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for text in value:
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _networks(value)
 
     @field_validator("tls_key")
     @classmethod
-    def _tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if (info.data.get("tls_certificate") is None) != (value is None):
-            raise ValueError("tls_certificate and tls_key go together")
-        return value
+    def _check_tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _tls_pair(value, info)
 
 
 class SenderConfig(BaseModel, frozen=True, extra="forbid"):
@@ -219,20 +229,13 @@ class WebConfig(BaseModel, frozen=True, extra="forbid"):
 
     @field_validator("allowed_hosts")
     @classmethod
-    def _web_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for text in value:
-            try:
-                ipaddress.ip_network(text, strict=False)
-            except ValueError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _networks(value)
 
     @field_validator("tls_key")
     @classmethod
-    def _web_tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if (info.data.get("tls_certificate") is None) != (value is None):
-            raise ValueError("tls_certificate and tls_key go together")
-        return value
+    def _check_tls_pair(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _tls_pair(value, info)
 
     @model_validator(mode="after")
     def _web_exposure(self) -> WebConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_peers import LOCALHOST
-from e2e.conftest import OrthancOnPort
+from e2e.conftest import Daemon, OrthancOnPort
 from series_factory import make_mr_series, write_series
 
 ISSUER = "HOSPITAL-A"
@@ -86,3 +86,12 @@ def prior_series(
             ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     paths = write_series(datasets, folder)
     return paths, str(datasets[0].SeriesInstanceUID)
+
+
+def add_source(daemon: Daemon, pacs_port: int, *, retrieve: str = "move") -> None:
+    """Append the ``[[sources]]`` entry of the test PACS (``orthanc``) to the daemon's config."""
+    with daemon.config.open("a", encoding="utf-8") as config:
+        config.write(
+            f'\n[[sources]]\nname = "orthanc"\nae_title = "PACS"\nhost = "{LOCALHOST}"\n'
+            f'port = {pacs_port}\nretrieve = "{retrieve}"\n'
+        )

@@ -21,9 +21,9 @@ from pydicom.uid import generate_uid
 from bonect.catalog import Catalog, catalog_url
 from bonect.trainer.harvest import harvest_local
 from bonect.trainer.sites import SiteStore
-from dicom_peers import LOCALHOST, free_port
+from dicom_peers import free_port
 from e2e.conftest import PEERS_MISSING, Daemon, StartDaemon
-from e2e.priors_support import QueryRetrievePacs, prior_series
+from e2e.priors_support import QueryRetrievePacs, add_source, prior_series
 
 pytestmark = pytest.mark.skipif(PEERS_MISSING, reason="needs Debian's dcmtk and orthanc")
 
@@ -72,11 +72,7 @@ def test_harvest_lists_the_pairable_patients_then_brings_them_in_once(
         tmp_path / "orthanc", dicom_port=pacs_port, bonect_port=daemon.port
     ) as pacs:
         uids = load_pacs(tmp_path / "pacs", pacs)
-        with daemon.config.open("a", encoding="utf-8") as config:
-            config.write(
-                f'\n[[sources]]\nname = "orthanc"\nae_title = "PACS"\nhost = "{LOCALHOST}"\n'
-                f"port = {pacs_port}\n"
-            )
+        add_source(daemon, pacs_port)
         daemon.start()
 
         dry = harvest(daemon, "--dry-run")

@@ -27,9 +27,9 @@ from pydicom.uid import generate_uid
 from bonect.catalog import Catalog, catalog_url
 from bonect.trainer.harvest import harvest_local
 from bonect.trainer.sites import SiteStore, hashed_key
-from dicom_peers import LOCALHOST, free_port, storescu
+from dicom_peers import free_port, storescu
 from e2e.conftest import PEERS_MISSING, Daemon, StartDaemon
-from e2e.priors_support import Patient, QueryRetrievePacs, prior_series
+from e2e.priors_support import Patient, QueryRetrievePacs, add_source, prior_series
 
 pytestmark = pytest.mark.skipif(PEERS_MISSING, reason="needs Debian's dcmtk and orthanc")
 
@@ -123,15 +123,7 @@ def test_priors_found_and_retrieved(
         tmp_path / "orthanc", dicom_port=pacs_port, bonect_port=daemon.port
     ) as pacs:
         patients = make_patients(tmp_path / "patients", pacs)
-        with daemon.config.open("a", encoding="utf-8") as config:
-            config.write(
-                "\n[[sources]]\n"
-                'name = "orthanc"\n'
-                'ae_title = "PACS"\n'
-                f'host = "{LOCALHOST}"\n'
-                f"port = {pacs_port}\n"
-                f'retrieve = "{retrieve}"\n'
-            )
+        add_source(daemon, pacs_port, retrieve=retrieve)
         daemon.start()
         for patient in patients.values():
             sent = storescu(daemon.port, patient.mr)

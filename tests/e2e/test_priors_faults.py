@@ -12,24 +12,13 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from dicom_peers import LOCALHOST, free_port, storescu
+from dicom_peers import free_port, storescu
 from e2e.conftest import PEERS_MISSING, Daemon, StartDaemon
-from e2e.priors_support import QueryRetrievePacs, prior_series
+from e2e.priors_support import QueryRetrievePacs, add_source, prior_series
 
 pytestmark = pytest.mark.skipif(PEERS_MISSING, reason="needs Debian's dcmtk and orthanc")
 
 CT_SLICES = 400  # enough that the retrieval is still running when the test acts
-
-
-def source_section(pacs_port: int) -> str:
-    return (
-        "\n[[sources]]\n"
-        'name = "orthanc"\n'
-        'ae_title = "PACS"\n'
-        f'host = "{LOCALHOST}"\n'
-        f"port = {pacs_port}\n"
-        'retrieve = "move"\n'
-    )
 
 
 def load_patient(root: Path, pacs: QueryRetrievePacs) -> tuple[list[Path], str]:
@@ -85,8 +74,7 @@ def test_sigkill_in_the_middle_of_a_c_move_then_every_instance_arrives_once(
         tmp_path / "orthanc", dicom_port=pacs_port, bonect_port=daemon.port
     ) as pacs:
         mr, ct_uid = load_patient(tmp_path / "patient", pacs)
-        with daemon.config.open("a", encoding="utf-8") as config:
-            config.write(source_section(pacs_port))
+        add_source(daemon, pacs_port)
         daemon.start()
         assert storescu(daemon.port, mr).returncode == 0
 
@@ -122,8 +110,7 @@ def test_a_live_series_is_received_and_converted_while_a_large_retrieval_runs(
             description="ZTE bone",
             study_uid=generate_uid(),
         )
-        with daemon.config.open("a", encoding="utf-8") as config:
-            config.write(source_section(pacs_port))
+        add_source(daemon, pacs_port)
         daemon.start()
         assert storescu(daemon.port, mr).returncode == 0
         daemon.wait_for(lambda: retrieval_started(daemon, ct_uid), "the C-MOVE under way")

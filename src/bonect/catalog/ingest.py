@@ -271,28 +271,19 @@ def record_instance(
     return record, sid
 
 
-def association_released(session: Session, association_id: str, at: datetime) -> int:
-    """Mark the open series last fed by ``association_id`` as released; returns how many."""
+def association_ended(
+    session: Session, association_id: str, at: datetime, *, aborted: bool = False
+) -> int:
+    """Mark the open series last fed by ``association_id`` as released (or, ``aborted``, as
+    maybe cut short); returns how many."""
+    column = "association_aborted_at" if aborted else "association_released_at"
     result = session.execute(
         update(Series)
         .where(
             Series.last_association_id == association_id[:128],
             Series.settle_state == SettleState.OPEN,
         )
-        .values(association_released_at=at)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-def association_aborted(session: Session, association_id: str, at: datetime) -> int:
-    """Mark the open series last fed by ``association_id`` as cut by an abort; how many."""
-    result = session.execute(
-        update(Series)
-        .where(
-            Series.last_association_id == association_id[:128],
-            Series.settle_state == SettleState.OPEN,
-        )
-        .values(association_aborted_at=at)
+        .values({column: at})
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

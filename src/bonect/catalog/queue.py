@@ -177,12 +177,12 @@ class Catalog(JobLifecycle, CatalogQueries, SendLedger):
     def association_released(self, association_id: str, at: datetime) -> int:
         """Note that an association ended; returns how many open series it fed last."""
         with self._write.begin() as session:
-            return ingest.association_released(session, association_id, at)
+            return ingest.association_ended(session, association_id, at)
 
     def association_aborted(self, association_id: str, at: datetime) -> int:
         """Note that an association aborted; returns how many open series it fed last."""
         with self._write.begin() as session:
-            return ingest.association_aborted(session, association_id, at)
+            return ingest.association_ended(session, association_id, at, aborted=True)
 
     def associations_cut_by_a_stop(self, at: datetime) -> int:
         """At start: mark as aborted the series a stopped process was receiving; how many."""

@@ -31,7 +31,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Protocol, cast
 
 from pynetdicom.dimse_primitives import C_STORE
@@ -50,11 +50,9 @@ from bonect.dicom.query_retrieve import (
     QueryRetrieveClient,
     QueryRetrieveError,
     RetrieveResult,
-    SeriesMatch,
     StoreHandler,
-    StudyMatch,
 )
-from bonect.prior_search import search_prior_cts, study_day
+from bonect.prior_search import SearchClient, search_prior_cts, study_day
 
 if TYPE_CHECKING:
     from bonect.daemon.node import Node
@@ -68,20 +66,9 @@ IDLE_SECONDS = 2.0
 """How long the loop waits when no task is due."""
 
 
-class PriorsClient(Protocol):
-    """What a step needs of a source (:class:`QueryRetrieveClient`; a fake in unit tests)."""
-
-    def find_studies(
-        self,
-        patient_id: str,
-        *,
-        issuer_of_patient_id: str = "",
-        date_from: date | None = None,
-        date_to: date | None = None,
-        modality: str = "CT",
-    ) -> list[StudyMatch]: ...
-
-    def find_series(self, study_uid: str) -> list[SeriesMatch]: ...
+class PriorsClient(SearchClient, Protocol):
+    """What a step needs of a source (:class:`QueryRetrieveClient`; a fake in unit tests): the
+    searches of :class:`~bonect.prior_search.SearchClient`, and retrieval."""
 
     def move_series(self, study_uid: str, series_uid: str, *, move_ae: str) -> RetrieveResult: ...
 
