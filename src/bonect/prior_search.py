@@ -82,7 +82,10 @@ def search_prior_cts(
             if series.modality.upper() != "CT":
                 continue
             if series.manufacturer.strip().lower() == rules.output_manufacturer.lower():
-                continue  # our own synthetic CT, sent back to this PACS: never a prior
+                # our own sCT, sent back to this PACS: never a prior. A series-level C-FIND
+                # answer carries no ImageType, so the Manufacturer alone decides here (what
+                # bonect.dicom.provenance.is_own_sct checks in a header)
+                continue
             if not keep_ct_matches(rules.keep_ct, series):
                 refused += 1
                 continue
