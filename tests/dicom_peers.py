@@ -93,11 +93,12 @@ def echoscu(
     called_ae: str = "BONECT",
     calling_ae: str = "ECHOSCU",
     host: str = LOCALHOST,
+    extra_args: Sequence[str] = (),
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """C-ECHO with DCMTK ``echoscu``; exit code 0 when the peer answered."""
     return subprocess.run(
-        [_program("echoscu"), "-aet", calling_ae, "-aec", called_ae, host, str(port)],
+        [_program("echoscu"), "-aet", calling_ae, "-aec", called_ae, *extra_args, host, str(port)],
         env=peer_env(),
         capture_output=True,
         text=True,

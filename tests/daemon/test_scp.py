@@ -358,3 +358,22 @@ def test_a_c_store_answering_our_c_move_is_accepted_only_from_a_source(
         calling_ae_titles=None, networks=None, move_sources=["127.0.0.1"]
     ))  # fmt: skip
     assert store_as_move_answer(here.server.port, datasets[2]) == 0x0000
+
+
+@needs_dcmtk
+def test_dcmtk_over_mutual_tls(start_node: StartNode, pki: Pki, tmp_path: Path) -> None:
+    """DCMTK ``echoscu``/``storescu +tls`` with a client certificate the CA signed are served;
+    without a certificate, or in plain TCP on the TLS port, they are refused."""
+    node = start_node(ssl_context=server_tls_context(pki.server_cert, pki.server_key, pki.ca))
+    port = node.server.port
+    mutual = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)]
+
+    assert echoscu(port, extra_args=mutual).returncode == 0
+    sources = series_files(tmp_path / "src", ExplicitVRLittleEndian, n=2)
+    sent = storescu(port, sources, calling_ae="MODALITY", extra_args=mutual)
+    assert sent.returncode == 0, sent.stderr
+    assert len(archived(node)) == 2
+
+    assert echoscu(port, extra_args=["+tla", "+cf", str(pki.ca)]).returncode != 0  # no cert
+    assert echoscu(port).returncode != 0  # plain TCP on the TLS port
+    assert len(archived(node)) == 2
