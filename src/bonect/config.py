@@ -90,6 +90,7 @@ class SenderConfig(BaseModel, frozen=True, extra="forbid"):
     retry_max_seconds: float = Field(default=1800.0, gt=0)
     max_attempts: int = Field(default=50, ge=1)  # then the job fails and waits for an operator
     dimse_timeout_seconds: float = Field(default=30.0, gt=0)
+    echo_interval_seconds: float = Field(default=300.0, ge=0)  # C-ECHO every peer; 0: never
 
 
 class MetricsConfig(BaseModel, frozen=True, extra="forbid"):

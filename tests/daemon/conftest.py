@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from bonect.config import (
     Config,
@@ -46,6 +47,7 @@ def make_pacs() -> Iterator[MakePacs]:
         ae.supported_contexts = [
             cx for cx in AllStoragePresentationContexts if cx.abstract_syntax not in refuse
         ]
+        ae.add_supported_context(Verification)  # answers C-ECHO, as a PACS does
         holder: list[Pacs] = []
 
         def on_store(event: Event) -> int:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from bonect.catalog.peer_checks import record_check
 from bonect.config import Config, Destination, SourceConfig
 from bonect.registry import promoted_name
 from bonect.web.app import build_app
@@ -235,3 +236,21 @@ def test_the_destinations_page_shows_sources_and_prior_searches(site: WebSite) -
     assert f'id="prior-{ids["failed"]}" class="prior-failed"' in after
     assert "refused" in after and "no CT study" in after
     assert "<code>1.2.3.4</code> retrieved 6/6" in after
+
+
+def test_the_destinations_page_shows_the_last_c_echo_of_each_peer(site: WebSite) -> None:
+    source = SourceConfig(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)
+    config = site.config().model_copy(
+        update={
+            "destinations": (Destination(name="archive", ae_title="ARCH", host="h", port=104),),
+            "sources": (source,),
+        }
+    )
+    with client(config, site) as c:
+        before = c.get("/destinations").text
+        record_check(site.catalog, "destination", "archive", ok=True, message="success", now=START)
+        record_check(site.catalog, "source", "pacs", ok=False, message="no answer", now=START)
+        after = " ".join(c.get("/destinations").text.split())
+    assert before.count("not yet") == 2
+    assert '<span class="ok">success</span>' in after
+    assert '<span class="warn">no answer</span>' in after

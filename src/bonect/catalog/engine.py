@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DatabaseError
 
 from bonect.catalog import backfill as _backfill  # noqa: F401  (its table is on Base)
+from bonect.catalog import peer_checks as _peer_checks  # noqa: F401  (its table is on Base)
 from bonect.catalog import priors as _priors  # noqa: F401  (its tables are on Base)
 from bonect.catalog.tables import Base
 

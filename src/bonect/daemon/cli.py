@@ -182,6 +182,7 @@ def model_summary(config: Config) -> str:
 def cmd_start(args: argparse.Namespace) -> int:
     path, config = _checked(args)  # first: a bad config exits 78 before the heavy imports
     from bonect.converter.inference import set_threads
+    from bonect.daemon.echo_watch import start_echo_thread
     from bonect.daemon.node import Node
     from bonect.daemon.priors import start_priors_thread
 
@@ -209,6 +210,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
             web = WebServer.start(config, node.catalog, model_label=lambda: node.models.label)
         priors = start_priors_thread(node, stop)  # [[sources]]: on its own thread
+        start_echo_thread(node, stop)  # a C-ECHO of every peer now and then, for the page
         node.run(stop)
         if priors is not None:
             priors.join(timeout=30)

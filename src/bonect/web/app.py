@@ -33,8 +33,8 @@ from starlette.templating import Jinja2Templates
 
 from bonect import __version__, registry
 from bonect.audit import AuditTrail, audit_trail
+from bonect.catalog import peer_checks, web_queries
 from bonect.catalog import priors as prior_store
-from bonect.catalog import web_queries
 from bonect.catalog.jobs import JobState
 from bonect.catalog.queue import Catalog
 from bonect.catalog.tables import SendStatus
@@ -252,6 +252,7 @@ def destinations_page(request: Request) -> Response:
         oldest_waiting=web.catalog.oldest_waiting_since(),
         statuses=list(SendStatus),
         sources=config.sources,
+        echoes=peer_checks.last_checks(web.catalog),
         prior_counts=prior_store.counts(web.catalog),
         prior_tasks=[
             (task, prior_store.retrievals(web.catalog, task.id))
