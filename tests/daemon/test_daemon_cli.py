@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from bonect.catalog import Catalog, JobTimeline, catalog_url
 from bonect.catalog.jobs import JobState
+from bonect.catalog.peer_checks import record_check
 from bonect.catalog.tables import Role, SendStatus
 from bonect.cli_boundary import EXIT_CONFIG
 from bonect.config import Config, ConverterConfig, StorageConfig, load_config
@@ -331,6 +332,20 @@ def test_status_shows_queue_model_timings_and_errors(filled: tuple[Path, dict[st
     assert "missing slices: about 2 slices seem missing" in out
     assert f"job {ids['waiting']} retries at" in out
     assert "1 instance(s) not yet stored (pacs: association rejected)" in out
+    assert "C-ECHO" not in out  # no peer was echoed yet
+
+
+def test_status_names_a_peer_whose_last_c_echo_failed(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    catalog = Catalog.open(catalog_url(tmp_path / "var", ""))
+    try:
+        record_check(catalog, "destination", "pacs", ok=False, message="no answer", now=START)
+        record_check(catalog, "source", "old", ok=True, message="success", now=START)
+    finally:
+        catalog.close()
+    out = run(config, "status").stdout
+    assert "  destination pacs: C-ECHO " in out and out.rstrip().endswith("no answer")
+    assert "source old" not in out  # answered: nothing to say
 
 
 def test_status_and_priors_show_the_prior_searches(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bonect.catalog import Catalog, JobState, SendStatus, SettleState
+from bonect.catalog import Catalog, JobState, SendStatus, SettleState, peer_checks
 from bonect.catalog import priors as prior_store
 from bonect.catalog.priors import PriorState
 
@@ -54,6 +54,11 @@ def status_lines(catalog: Catalog, now: datetime, *, model: str) -> list[str]:
             f"  job {job.id} retries at {_local(job.not_before)} (attempt {job.attempts}): "
             f"{job.last_error}{detail}"
         )
+    for check in sorted(peer_checks.last_checks(catalog).values(), key=lambda c: c.name):
+        if not check.ok:
+            errors.append(
+                f"  {check.kind} {check.name}: C-ECHO {_local(check.checked_at)}: {check.message}"
+            )
     lines.append("last errors:" if errors else "last errors: none")
     lines.extend(errors)
     lines.extend(prior_summary_lines(catalog))
