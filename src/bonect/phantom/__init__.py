@@ -1,8 +1,16 @@
 """A digital head-and-neck phantom: paired bone-MR and CT series for demos, tests and training.
 
+Three families (:mod:`bonect.phantom.variation`, ranges in ``README.md`` beside this file):
+``classic``, described below, is one template with fixed contrasts; ``wide`` randomises
+technique, tissue signals, the bone curve, artefacts, resolution, field of view, pose, age,
+anatomy part by part and pathology (:mod:`bonect.phantom.pathology`), and is what the
+demo-model script trains on by default; ``shifted`` draws from disjoint ranges, to test on what was never trained on.
+
 Why it exists: bonect must prove that its U-Net earns its place, so the phantom is built to
 defeat any per-voxel intensity map. On bone MR, air, cortical bone, teeth and short-T2 soft
 tissue are all dark, yet their CT numbers span -1000 to +2600 HU; only anatomy tells them apart.
+
+The classic family in detail:
 
 **Anatomy** (:mod:`bonect.phantom.anatomy`), analytic shapes in a head frame, per patient
 scaled, rotated (±6°) and shifted (±5 mm):

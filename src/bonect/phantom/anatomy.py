@@ -9,33 +9,24 @@ docstring for the model and its parameters.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from enum import IntEnum
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
+
+from bonect.phantom.pathology import Pathology, paint_pathology
+from bonect.phantom.shapes import (
+    CRANIUM_AXES,
+    CRANIUM_CENTRE,
+    Frame,
+    Tissue,
+    jaw_point,
+    sinus_cavities,
+    tooth_centres,
+)
 
 F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
-
-
-class Tissue(IntEnum):
-    """Tissue classes of the phantom; the contrast tables are keyed by them."""
-
-    AIR = 0  # outside the body
-    SOFT = 1  # skin, muscle, mucosa, glands
-    FAT = 2
-    BRAIN = 3
-    CSF = 4
-    CORTICAL = 5  # cortical bone: skull tables, mandible, vertebral shells, sinus walls
-    CANCELLOUS = 6  # diploë, marrow, vertebral bodies
-    TEETH = 7
-    AIR_INTERNAL = 8  # sinuses, mastoid cells, nasal cavity, airway
-    SHORT_T2 = 9  # dura, falx, tendons, ligaments, fascia: dark on bone MR, soft tissue on CT
-    SUTURE = 10  # open cranial sutures and fontanelle (fibrous membrane)
-    EYE = 11  # vitreous
-    DISC = 12  # intervertebral discs
 
 
 @dataclass(frozen=True)
@@ -52,6 +43,14 @@ class PatientParams:
     mastoid_cells: int
     rotation_deg: tuple[float, float, float]  # head pose in the scanner (about x, y, z)
     shift_mm: tuple[float, float, float]
+    # the wider families (bonect.phantom.variation) set these; the defaults are the classic phantom
+    shape_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # head width, length, height
+    jaw_scale: float = 1.0  # mandible and lower teeth about the temporomandibular joints
+    sinus_scales: tuple[float, float, float, float] | None = None  # frontal, maxillary L/R,
+    # sphenoid; None: all sinus_scale
+    mastoid_cell_mm: tuple[float, float] = (1.5, 3.5)  # radius range of the mastoid air cells
+    missing_teeth: tuple[int, ...] = ()  # 0-9 upper arch, 10-19 lower arch
+    pathology: Pathology = field(default_factory=lambda: Pathology())
 
 
 def draw_patient(seed: int) -> PatientParams:
@@ -97,97 +96,6 @@ def rotation_matrix(degrees: tuple[float, float, float]) -> npt.NDArray[np.float
     return np.asarray(rz @ ry @ rx, dtype=np.float64)
 
 
-class _Frame:
-    """Head-frame coordinates of every voxel of a grid, with the shape primitives on them."""
-
-    def __init__(
-        self,
-        points: F32,
-        shape: tuple[int, int, int],
-        rng: np.random.Generator,
-        *,
-        local_to_index: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
-    ) -> None:
-        self.x = points[..., 0].reshape(shape)
-        self.y = points[..., 1].reshape(shape)
-        self.z = points[..., 2].reshape(shape)
-        self.shape = shape
-        self.rng = rng
-        # (matrix, offset) with index = (local - offset) @ matrix: lets a primitive work only
-        # inside the grid block that can hold it; None evaluates every voxel
-        self._to_index = local_to_index
-
-    def _box(self, lo: npt.ArrayLike, hi: npt.ArrayLike) -> tuple[slice, slice, slice]:
-        """The block of the grid holding the head-frame box [lo, hi] (all of it without a map)."""
-        if self._to_index is None:
-            return (slice(None), slice(None), slice(None))
-        lo_a, hi_a = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-        corners = np.array(
-            [
-                [a, b, c]
-                for a in (lo_a[0], hi_a[0])
-                for b in (lo_a[1], hi_a[1])
-                for c in (lo_a[2], hi_a[2])
-            ]
-        )
-        matrix, offset = self._to_index
-        idx = (corners - offset) @ matrix
-        start = np.clip(np.floor(idx.min(axis=0)).astype(int) - 1, 0, self.shape)
-        stop = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 2, 0, self.shape)
-        return (slice(start[0], stop[0]), slice(start[1], stop[1]), slice(start[2], stop[2]))
-
-    def _within(self, box: tuple[slice, slice, slice], inside: Mask) -> Mask:
-        mask = np.zeros(self.shape, dtype=bool)
-        mask[box] = inside
-        return mask
-
-    def ellipsoid_radius(self, c: tuple[float, float, float], a: tuple[float, float, float]) -> F32:
-        """Normalised radius: 1 on the surface of the ellipsoid (centre c, semi-axes a)."""
-        r2 = ((self.x - c[0]) / a[0]) ** 2 + ((self.y - c[1]) / a[1]) ** 2
-        r2 += ((self.z - c[2]) / a[2]) ** 2
-        return np.sqrt(r2)
-
-    def ellipsoid(self, c: tuple[float, float, float], a: tuple[float, float, float]) -> Mask:
-        box = self._box(np.subtract(c, a), np.add(c, a))
-        x, y, z = self.x[box], self.y[box], self.z[box]
-        r2 = ((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 + ((z - c[2]) / a[2]) ** 2
-        return self._within(box, r2 <= 1.0)
-
-    def cylinder_z(
-        self, c: tuple[float, float], a: tuple[float, float], z0: float, z1: float
-    ) -> Mask:
-        box = self._box((c[0] - a[0], c[1] - a[1], z0), (c[0] + a[0], c[1] + a[1], z1))
-        x, y, z = self.x[box], self.y[box], self.z[box]
-        r2 = ((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2
-        return self._within(box, (r2 <= 1.0) & (z >= z0) & (z <= z1))
-
-    def capsule(
-        self, p0: tuple[float, float, float], p1: tuple[float, float, float], radius: float
-    ) -> Mask:
-        """Points within `radius` of the segment p0-p1."""
-        a = np.asarray(p0, dtype=np.float32)
-        d = np.asarray(p1, dtype=np.float32) - a
-        box = self._box(np.minimum(p0, p1) - radius, np.maximum(p0, p1) + radius)
-        x, y, z = self.x[box], self.y[box], self.z[box]
-        length2 = float(d @ d)
-        t = ((x - a[0]) * d[0] + (y - a[1]) * d[1] + (z - a[2]) * d[2]) / length2
-        t = np.clip(t, 0.0, 1.0)
-        dist2 = (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2
-        dist2 += (z - a[2] - t * d[2]) ** 2
-        return self._within(box, dist2 <= radius * radius)
-
-    def smooth_noise(self, cells: int = 5, extent: float = 130.0) -> F32:
-        """A smooth random field in about [-1, 1] over the head (trilinear lattice noise)."""
-        lattice = self.rng.uniform(-1.0, 1.0, size=(cells + 1,) * 3)
-        lattice = ndimage.gaussian_filter(lattice, 0.7)
-        lattice /= max(float(np.abs(lattice).max()), 1e-6)
-        coords = [
-            np.clip((v + extent) / (2 * extent), 0.0, 1.0) * cells for v in (self.x, self.y, self.z)
-        ]
-        field = ndimage.map_coordinates(lattice, coords, order=1, mode="nearest")
-        return np.asarray(field, dtype=np.float32)
-
-
 def render_anatomy(
     params: PatientParams,
     points: F32,
@@ -203,14 +111,15 @@ def render_anatomy(
     """
     rot = rotation_matrix(params.rotation_deg)
     shift = np.asarray(params.shift_mm, dtype=np.float64)
+    scale = params.scale * np.asarray(params.shape_scale, dtype=np.float64)
     local = (points - shift.astype(np.float32)) @ rot.astype(np.float32)
-    local /= np.float32(params.scale)
+    local /= scale.astype(np.float32)
     to_index = None
     if grid_affine is not None:  # local = index @ L + b
-        linear = grid_affine[:3, :3].T @ rot / params.scale
-        offset = (grid_affine[:3, 3] - shift) @ rot / params.scale
+        linear = grid_affine[:3, :3].T @ rot / scale
+        offset = (grid_affine[:3, 3] - shift) @ rot / scale
         to_index = (np.asarray(np.linalg.inv(linear), dtype=np.float64), offset)
-    f = _Frame(
+    f = Frame(
         local.astype(np.float32),
         shape,
         np.random.default_rng(params.seed + 7919),
@@ -221,6 +130,15 @@ def render_anatomy(
     _paint_cranium(f, labels, params)
     _paint_skull_base_and_face(f, labels, params)
     _paint_neck(f, labels)
+    if params.pathology.any:
+        paint_pathology(
+            f,
+            labels,
+            params.pathology,
+            sinus_scales=params.sinus_scales or (params.sinus_scale,) * 4,
+            teeth=tooth_centres(params.jaw_scale),
+            missing_teeth=params.missing_teeth,
+        )
     mineral = np.full(shape, params.mineralisation, dtype=np.float32)
     # thin and peripheral bone is less mineralised than thick bone: vary it smoothly
     mineral *= 1.0 + 0.12 * f.smooth_noise(cells=4)
@@ -228,7 +146,7 @@ def render_anatomy(
     return labels, mineral
 
 
-def _paint_soft_tissue(f: _Frame, labels: npt.NDArray[np.uint8]) -> None:
+def _paint_soft_tissue(f: Frame, labels: npt.NDArray[np.uint8]) -> None:
     head = f.ellipsoid((0, 8, 18), (80, 100, 92))
     face = f.ellipsoid((0, -25, -45), (60, 72, 58))
     neck = f.cylinder_z((0, 12), (56, 60), -200, -40)
@@ -251,8 +169,8 @@ def _paint_soft_tissue(f: _Frame, labels: npt.NDArray[np.uint8]) -> None:
     labels[fascia] = Tissue.SHORT_T2
 
 
-def _paint_cranium(f: _Frame, labels: npt.NDArray[np.uint8], p: PatientParams) -> None:
-    centre, axes = (0.0, 10.0, 20.0), (72.0, 92.0, 84.0)
+def _paint_cranium(f: Frame, labels: npt.NDArray[np.uint8], p: PatientParams) -> None:
+    centre, axes = CRANIUM_CENTRE, CRANIUM_AXES
     rho = f.ellipsoid_radius(centre, axes)
     mean_axis = float(np.mean(axes))
     thickness = p.skull_thickness_mm * (1.0 + 0.35 * f.smooth_noise(cells=6))  # varies over vault
@@ -284,7 +202,7 @@ def _paint_cranium(f: _Frame, labels: npt.NDArray[np.uint8], p: PatientParams) -
         labels[skull & (sagittal | coronal | lambdoid | fontanelle)] = Tissue.SUTURE
 
 
-def _paint_skull_base_and_face(f: _Frame, labels: npt.NDArray[np.uint8], p: PatientParams) -> None:
+def _paint_skull_base_and_face(f: Frame, labels: npt.NDArray[np.uint8], p: PatientParams) -> None:
     s = p.sinus_scale
     # skull base: a thick plate with dense petrous ridges
     base = f.ellipsoid((0, 6, -20), (60, 72, 7)) & ~f.ellipsoid((0, 60, -20), (14, 14, 20))
@@ -301,7 +219,7 @@ def _paint_skull_base_and_face(f: _Frame, labels: npt.NDArray[np.uint8], p: Pati
         for _ in range(p.mastoid_cells):
             offset = f.rng.uniform(-1, 1, size=3) * np.array([7.0, 8.5, 10.0])
             cell = tuple(float(v) for v in np.asarray(mastoid_c) + offset)
-            r = float(f.rng.uniform(1.5, 3.5))
+            r = float(f.rng.uniform(*p.mastoid_cell_mm))
             labels[f.ellipsoid((cell[0], cell[1], cell[2]), (r, r, r))] = Tissue.AIR_INTERNAL
     # orbits: bony cone, fat, globe
     for side in (-1.0, 1.0):
@@ -311,13 +229,8 @@ def _paint_skull_base_and_face(f: _Frame, labels: npt.NDArray[np.uint8], p: Pati
         labels[f.ellipsoid((c[0], c[1] - 4, c[2]), (12, 12, 12))] = Tissue.EYE
         labels[f.capsule((side * 31, -60, 2), (side * 14, -25, -6), 2.2)] = Tissue.SHORT_T2
     # paranasal sinuses with thin bony walls
-    cavities = [
-        ((0.0, -80.0, 26.0), (15.0 * s, 6.0 * s, 10.0 * s)),  # frontal
-        ((-25.0, -56.0, -26.0), (13.0 * s, 17.0 * s, 15.0 * s)),  # maxillary
-        ((25.0, -56.0, -26.0), (13.0 * s, 17.0 * s, 15.0 * s)),
-        ((0.0, -28.0, -12.0), (12.0 * s, 10.0 * s, 9.0 * s)),  # sphenoid
-    ]
-    for c, a in cavities:
+    fr, ml, mr, sp = p.sinus_scales or (s, s, s, s)
+    for c, a in sinus_cavities(fr, ml, mr, sp):
         if min(a) < 2.0:
             continue
         wall = (a[0] + 1.6, a[1] + 1.6, a[2] + 1.6)
@@ -340,24 +253,27 @@ def _paint_skull_base_and_face(f: _Frame, labels: npt.NDArray[np.uint8], p: Pati
     labels[f.ellipsoid((0, -54, -46), (28, 26, 3.5))] = Tissue.CORTICAL
     labels[f.ellipsoid((0, -54, -46), (25, 23, 1.8))] = Tissue.CANCELLOUS
     # mandible: body and rami as capsules (cortex) with marrow, teeth on both arches
-    arch = [(x, -76.0 + 0.022 * x * x) for x in np.linspace(-44, 44, 9)]
-    for (x0, y0), (x1, y1) in itertools.pairwise(arch):
-        labels[f.capsule((x0, y0, -76), (x1, y1, -76), 6.5)] = Tissue.CORTICAL
-        labels[f.capsule((x0, y0, -76), (x1, y1, -76), 4.0)] = Tissue.CANCELLOUS
+    j = p.jaw_scale
+    arch = [jaw_point((x, -76.0 + 0.022 * x * x, -76.0), j) for x in np.linspace(-44, 44, 9)]
+    for a0, a1 in itertools.pairwise(arch):
+        labels[f.capsule(a0, a1, 6.5 * j)] = Tissue.CORTICAL
+        labels[f.capsule(a0, a1, 4.0 * j)] = Tissue.CANCELLOUS
     for side in (-1.0, 1.0):
-        labels[f.capsule((side * 44, -42, -76), (side * 48, -2, -30), 6.0)] = Tissue.CORTICAL
-        labels[f.capsule((side * 44, -42, -76), (side * 48, -2, -30), 3.5)] = Tissue.CANCELLOUS
+        ramus = (jaw_point((side * 44, -42, -76), j), jaw_point((side * 48, -2, -30), j))
+        labels[f.capsule(*ramus, 6.0 * j)] = Tissue.CORTICAL
+        labels[f.capsule(*ramus, 3.5 * j)] = Tissue.CANCELLOUS
         # masseter tendon: short-T2 band lateral to the ramus
-        labels[f.capsule((side * 53, -40, -70), (side * 55, -15, -35), 1.6)] = Tissue.SHORT_T2
-    for x in np.linspace(-24, 24, 10):
-        y = -76.0 + 0.022 * x * x
-        labels[f.ellipsoid((x, y + 2, -53), (2.4, 3.0, 4.5))] = Tissue.TEETH
-        labels[f.ellipsoid((x, y, -66), (2.4, 3.0, 4.5))] = Tissue.TEETH
+        tendon = (jaw_point((side * 53, -40, -70), j), jaw_point((side * 55, -15, -35), j))
+        labels[f.capsule(*tendon, 1.6)] = Tissue.SHORT_T2
+    missing = set(p.missing_teeth)
+    for i, centre in enumerate(tooth_centres(j)):
+        if i not in missing:
+            labels[f.ellipsoid(centre, (2.4, 3.0, 4.5))] = Tissue.TEETH
     # oral cavity air between the arches
     labels[f.ellipsoid((0, -56, -60), (16, 16, 3.0))] = Tissue.AIR_INTERNAL
 
 
-def _paint_neck(f: _Frame, labels: npt.NDArray[np.uint8]) -> None:
+def _paint_neck(f: Frame, labels: npt.NDArray[np.uint8]) -> None:
     # airway: oropharynx and larynx
     labels[f.cylinder_z((0, -14), (10, 7), -200, -44)] = Tissue.AIR_INTERNAL
     # cervical vertebrae C1..C7 with discs, canal and cord, posterior elements

@@ -11,9 +11,10 @@ import numpy as np
 
 from bonect.converter.volume import write_nifti
 from bonect.dicom.uids import deterministic_uid
+from bonect.phantom.acquisition import Acquisition
 from bonect.phantom.contrast import Contrast
 from bonect.phantom.dicom import PatientInfo, StudyInfo, write_acquired_series
-from bonect.phantom.generate import Acquisition, PhantomCase, generate_case
+from bonect.phantom.generate import PhantomCase, generate_case
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ def write_patient(case: PhantomCase, seed: int, out: Path) -> WrittenPatient:
         description="CT HEAD NECK",
         study_id="2",
     )
-    contrast_name = {"zte": "ZTE", "ute": "UTE", "gre": "GRE black bone"}[case.contrast]
+    contrast_name = {"zte": "ZTE", "ute": "UTE", "gre": "GRE black bone", "petra": "PETRA"}[
+        case.contrast
+    ]
     mr_dir = write_acquired_series(
         case.mr,
         folder / "dicom" / "MR",

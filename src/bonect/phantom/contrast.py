@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -9,7 +10,8 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from bonect.hounsfield import AIR_HU, HU_RANGE
-from bonect.phantom.anatomy import Tissue
+from bonect.phantom.artefacts import gibbs_ringing, motion_ghosts
+from bonect.phantom.shapes import Tissue
 
 Contrast = Literal["zte", "ute", "gre"]
 CONTRASTS: tuple[Contrast, ...] = ("zte", "ute", "gre")
@@ -28,6 +30,9 @@ CT_HU: dict[Tissue, float] = {
     Tissue.EYE: 10.0,
     Tissue.DISC: 80.0,
     Tissue.TEETH: 2600.0,
+    Tissue.MUCUS: 25.0,
+    Tissue.BLOOD: 65.0,
+    Tissue.METAL: 3071.0,  # titanium and amalgam lie beyond the CT scale: clipped to its top
 }
 
 # Bone-MR signal relative to soft tissue (= 1). Bone is (a, b): signal = a - b * mineralisation.
@@ -79,6 +84,51 @@ MR_BONE: dict[Contrast, dict[Tissue, tuple[float, float]]] = {
 }
 
 
+@dataclass(frozen=True)
+class BoneCurve:
+    """Bone-MR signal of one bone class against mineralisation m (0..1):
+    ``at_zero - (at_zero - at_one) * m ** gamma``: linear for gamma 1, as in the classic tables."""
+
+    at_zero: float
+    at_one: float
+    gamma: float = 1.0
+
+    def signal(self, mineral: F32) -> F32:
+        shape = np.power(np.clip(mineral, 0.0, 1.0), self.gamma)
+        return (self.at_zero - (self.at_zero - self.at_one) * shape).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MrAppearance:
+    """How one bone-MR acquisition renders tissue: signal table, bone curves and artefacts."""
+
+    technique: str
+    tissue: dict[Tissue, float]  # signal relative to soft tissue (= 1)
+    cortical: BoneCurve
+    cancellous: BoneCurve
+    texture: float = 0.04  # std of the smooth tissue texture (fraction)
+    noise_sigma: float = 0.035  # Rician noise, fraction of soft tissue
+    bias_amplitude: float = 0.2  # smooth multiplicative field: 1 ± this
+    blooming_mm: float = 0.0  # signal void around metal beyond the metal itself
+    ringing: float = 0.0  # Gibbs ringing: share of k-space cut along the phase axis (0: none)
+    motion_share: float = 0.0  # share of phase-encode lines acquired with the head moved
+    motion_mm: float = 0.0  # how far it moved
+    phase_axis: int = 1  # the in-plane axis (1: rows, 2: columns) of the phase encoding
+
+
+def classic_appearance(contrast: Contrast) -> MrAppearance:
+    """The classic phantom's fixed tables for ``contrast`` as an appearance."""
+    bone = MR_BONE[contrast]
+    a, b = bone[Tissue.CORTICAL]
+    c, d = bone[Tissue.CANCELLOUS]
+    return MrAppearance(
+        technique=contrast,
+        tissue=MR_SIGNAL[contrast],
+        cortical=BoneCurve(a, a - b),
+        cancellous=BoneCurve(c, c - d),
+    )
+
+
 def ct_from_anatomy(
     labels: npt.NDArray[np.uint8],
     mineral: F32,
@@ -100,29 +150,49 @@ def mr_from_anatomy(
     labels: npt.NDArray[np.uint8],
     mineral: F32,
     spacing: tuple[float, float, float],
-    contrast: Contrast,
+    contrast: Contrast | MrAppearance,
     rng: np.random.Generator,
     bias: F32,
     *,
-    noise_sigma: float = 0.035,
+    noise_sigma: float | None = None,
 ) -> F32:
-    """Bone-MR magnitude image (soft tissue near 1): partial volume, bias field, Rician noise."""
-    signal = _lookup(labels, MR_SIGNAL[contrast])
-    for tissue, (a, b) in MR_BONE[contrast].items():
+    """Bone-MR magnitude image (soft tissue near 1): partial volume, bias field, Rician noise,
+    and the appearance's metal blooming, ringing and motion ghosts."""
+    look = contrast if isinstance(contrast, MrAppearance) else classic_appearance(contrast)
+    signal = _lookup(labels, look.tissue)
+    for tissue, curve in ((Tissue.CORTICAL, look.cortical), (Tissue.CANCELLOUS, look.cancellous)):
         sel = labels == tissue
-        signal[sel] = a - b * mineral[sel]
+        signal[sel] = curve.signal(mineral[sel])
     # tissue texture: a few per cent of smooth variation, so no class is one flat value
     signal *= (
         1.0
-        + 0.04
+        + look.texture
         * ndimage.gaussian_filter(rng.normal(size=signal.shape).astype(np.float32), 1.5)
         / 0.1
     )
+    if look.blooming_mm > 0 and np.any(labels == Tissue.METAL):
+        signal[_dilate_mm(labels == Tissue.METAL, look.blooming_mm, spacing)] = 0.0
     signal = _partial_volume(signal, spacing)
     signal *= bias
-    real = signal + rng.normal(0.0, noise_sigma, size=signal.shape).astype(np.float32)
-    imag = rng.normal(0.0, noise_sigma, size=signal.shape).astype(np.float32)
+    if look.ringing > 0:
+        signal = gibbs_ringing(signal, axis=look.phase_axis, cut=look.ringing)
+    if look.motion_share > 0:
+        shift = look.motion_mm / spacing[look.phase_axis]
+        signal = motion_ghosts(signal, look.phase_axis, look.motion_share, shift, rng)
+    sigma = look.noise_sigma if noise_sigma is None else noise_sigma
+    real = signal + rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
+    imag = rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
     return np.sqrt(real * real + imag * imag).astype(np.float32)
+
+
+def _dilate_mm(
+    mask: npt.NDArray[np.bool_], mm: float, spacing: tuple[float, float, float]
+) -> npt.NDArray[np.bool_]:
+    """``mask`` grown by ``mm`` (an ellipsoidal ball in voxels of ``spacing``)."""
+    radius = [max(1, round(mm / s)) for s in spacing]
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball = sum((g / r) ** 2 for g, r in zip(grids, radius, strict=True)) <= 1.0
+    return np.asarray(ndimage.binary_dilation(mask, structure=ball), dtype=bool)
 
 
 def _lookup(labels: npt.NDArray[np.uint8], table: dict[Tissue, float]) -> F32:

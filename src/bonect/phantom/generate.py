@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from bonect.converter.volume import Volume
-from bonect.phantom.anatomy import PatientParams, _Frame, draw_patient, render_anatomy
-from bonect.phantom.contrast import Contrast, ct_from_anatomy, mr_from_anatomy
+from bonect.phantom.acquisition import ORIENTATIONS, Acquisition, Orientation
+from bonect.phantom.anatomy import PatientParams, render_anatomy
+from bonect.phantom.contrast import MrAppearance, ct_from_anatomy, mr_from_anatomy
+from bonect.phantom.shapes import Frame
+from bonect.phantom.variation import (
+    Family,
+    Technique,
+    draw_acquisition,
+    draw_appearance,
+    draw_family_patient,
+    draw_gain,
+    draw_technique,
+)
 
-Orientation = Literal["axial", "sagittal", "coronal"]
-ORIENTATIONS: tuple[Orientation, ...] = ("axial", "sagittal", "coronal")
-
-# ImageOrientationPatient (row cosines, column cosines) of each acquisition plane.
-_IOP: dict[Orientation, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),
-    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),
-    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
-}
-# The field of view, an LPS box (mm) holding head and upper neck.
-FOV_MIN = np.array([-112.0, -126.0, -150.0])
-FOV_MAX = np.array([112.0, 102.0, 118.0])
-
-
-@dataclass(frozen=True)
-class Acquisition:
-    """Where and how an image is sampled: plane and voxel size (slice, row, column) in mm."""
-
-    orientation: Orientation = "axial"
-    spacing: tuple[float, float, float] = (2.0, 1.5, 1.5)
-
-    def grid(self) -> Volume:
-        """An empty volume whose affine covers the field of view in this plane."""
-        row_cos, col_cos = (np.asarray(v) for v in _IOP[self.orientation])
-        normal = np.cross(row_cos, col_cos)
-        axes = (normal, col_cos, row_cos)  # index order: slice, row, column
-        extent = FOV_MAX - FOV_MIN
-        shape = tuple(
-            int(np.floor(abs(float(axis @ extent)) / step)) + 1
-            for axis, step in zip(axes, self.spacing, strict=True)
-        )
-        affine = np.eye(4)
-        corner = np.where(np.sum(axes, axis=0) >= 0, FOV_MIN, FOV_MAX)  # start of every axis
-        for i, (axis, step) in enumerate(zip(axes, self.spacing, strict=True)):
-            affine[:3, i] = axis * step
-        affine[:3, 3] = corner
-        shape3 = (shape[0], shape[1], shape[2])
-        return Volume(np.zeros(shape3, dtype=np.uint8), affine)
+__all__ = ["ORIENTATIONS", "Acquisition", "Orientation", "PhantomCase", "generate_case"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +35,13 @@ class PhantomCase:
 
     index: int
     params: PatientParams
-    contrast: Contrast
+    contrast: Technique
     mr: Volume
     ct_on_mr: Volume
     labels: Volume
     ct: Volume | None
+    family: Family = "classic"
+    appearance: MrAppearance | None = None
 
 
 def _grid_points(grid: Volume) -> npt.NDArray[np.float32]:
@@ -100,24 +75,38 @@ def generate_case(
     seed: int,
     index: int,
     *,
-    contrast: Contrast = "zte",
-    acquisition: Acquisition = Acquisition(),
+    contrast: Technique | None = None,
+    acquisition: Acquisition | None = Acquisition(),
     ct_acquisition: Acquisition | None = Acquisition("axial", (1.5, 1.0, 1.0)),
+    family: Family = "classic",
 ) -> PhantomCase:
     """Render patient `index` of the cohort `seed`: MR, CT on the MR grid, labels, and a CT.
 
-    ``ct_acquisition=None`` skips the separately acquired CT (training needs only ``ct_on_mr``).
+    ``family`` (:mod:`bonect.phantom.variation`) sets how widely patient, scanner and
+    acquisition are drawn; ``contrast=None`` draws the technique from it (classic: ZTE) and
+    ``acquisition=None`` the plane, voxel size and field of view. ``ct_acquisition=None``
+    skips the separately acquired CT (training needs only ``ct_on_mr``).
     """
     pseed = patient_seed(seed, index)
-    params = draw_patient(pseed)
+    params = draw_family_patient(pseed, family)
+    technique = contrast or draw_technique(pseed, family)
+    appearance = draw_appearance(pseed, family, technique)
+    if acquisition is None:
+        acquisition = draw_acquisition(pseed, family)
     rng = np.random.default_rng(pseed + 1)
     grid = acquisition.grid()
     points = _grid_points(grid)
     labels, mineral = render_anatomy(params, points, grid.shape, grid_affine=grid.affine)
-    frame = _Frame(points, grid.shape, np.random.default_rng(pseed + 2))
-    bias = (1.0 + 0.2 * frame.smooth_noise(cells=3, extent=160.0)).astype(np.float32)
-    mr = mr_from_anatomy(labels, mineral, grid.spacing, contrast, rng, bias)
+    frame = Frame(points, grid.shape, np.random.default_rng(pseed + 2))
+    bias_cells = (
+        3 if family == "classic" else int(np.random.default_rng([pseed, 16]).integers(2, 6))
+    )
+    field = frame.smooth_noise(cells=bias_cells, extent=160.0)
+    bias = (1.0 + appearance.bias_amplitude * field).astype(np.float32)
+    mr = mr_from_anatomy(labels, mineral, grid.spacing, appearance, rng, bias)
     scanner_scale = float(rng.uniform(600.0, 1800.0))  # arbitrary receiver gain
+    if family != "classic":
+        scanner_scale = draw_gain(pseed, family)
     residual = _jitter(params, rng, deg=0.8, mm=0.8)
     ct_labels, ct_mineral = render_anatomy(residual, points, grid.shape, grid_affine=grid.affine)
     ct_on_mr = ct_from_anatomy(ct_labels, ct_mineral, grid.spacing, rng)
@@ -131,9 +120,11 @@ def generate_case(
     return PhantomCase(
         index=index,
         params=params,
-        contrast=contrast,
+        contrast=technique,
         mr=grid.with_array((mr * scanner_scale).astype(np.float32)),
         ct_on_mr=grid.with_array(ct_on_mr),
         labels=grid.with_array(labels),
         ct=ct,
+        family=family,
+        appearance=appearance,
     )
