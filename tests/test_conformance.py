@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from bonect.config import NodeConfig, SourceConfig
+from bonect.converter.uncertainty_object import SOP_CLASS
 from bonect.daemon.scp import ACCEPTED_TRANSFER_SYNTAXES
 from bonect.dicom.files import file_meta_for
 from bonect.dicom.query_retrieve import CT_STORAGE_CLASSES, GET_TRANSFER_SYNTAXES
@@ -62,6 +63,7 @@ def test_the_sop_classes_and_syntaxes_as_scu() -> None:
             Verification,  # bonect-daemon echo (daemon/sender.py)
             CTImageStorage,  # the sCT (converter/dicom_writer.py)
             KeyObjectSelectionDocumentStorage,  # rejection notes (daemon/rejection.py)
+            *SOP_CLASS.values(),  # uncertainty objects (converter/uncertainty_object.py)
             StudyRootQueryRetrieveInformationModelFind,
             StudyRootQueryRetrieveInformationModelMove,
             StudyRootQueryRetrieveInformationModelGet,

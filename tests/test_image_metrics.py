@@ -16,6 +16,7 @@ from bonect.image_metrics import (
     bone_scores,
     mae,
     mae_body,
+    mean_error,
     mse,
     pearson_r,
     psnr,
@@ -42,6 +43,12 @@ def _full(value: float, shape: tuple[int, ...] = (2, 2, 2)) -> npt.NDArray[np.fl
 def test_mae_clips_to_bone_window() -> None:
     # |diffs| = 0 + 50 + 0 + 0 + 500 + 200 + 0 + 0 + 200 = 950 over 9 voxels
     assert mae(SCT, CT) == pytest.approx(950 / 9)
+
+
+def test_mean_error_is_signed_and_clips_to_bone_window() -> None:
+    # sct - ct = 50 - 500 + 200 + 200 = -50 over 9 voxels: too low on average
+    assert mean_error(SCT, CT) == pytest.approx(-50 / 9)
+    assert mean_error(CT, SCT) == pytest.approx(50 / 9)
 
 
 def test_mse_clips_to_bone_window() -> None:

@@ -135,7 +135,7 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
     registration_threshold: float = Field(default=0.7, ge=0, le=1)  # lower scores: set aside
     image_size: int = Field(default=128, ge=16)  # model input (the paper: 224)
     architecture: Literal["light_unet", "vgg16_unet"] = "light_unet"
-    loss: Literal["mae", "mse", "mix"] = "mae"
+    loss: Literal["mae", "mse", "mix", "mae_bone"] = "mae"  # mae_bone: L1, bone counts twice
     batch_size: int = Field(default=128, ge=1)
     max_epochs: int = Field(default=100, ge=1)
     patience: int = Field(default=5, ge=1)  # early stop after this many epochs without gain
@@ -146,6 +146,7 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=0, ge=0)  # PyTorch CPU threads; 0: PyTorch's default
     external_sites: tuple[str, ...] = ()  # default --external sites of `augment`
+    balance_sites: bool = True  # epochs draw local and external slices in equal share
 
     @field_validator("image_size")
     @classmethod
@@ -164,6 +165,9 @@ class Destination(BaseModel, frozen=True, extra="forbid"):
     receives: Literal["all", "returns"] = "all"
     # withdraw a replaced sCT series here with an IHE IOCM rejection note (a KOS)
     rejection_notes: bool = True
+    # beside each sCT series (U-Net only): "segmentation", a DICOM SEG of the voxels whose
+    # planes disagree by more than the model's threshold; "parametric_map", the spread in HU
+    uncertainty: Literal["none", "segmentation", "parametric_map"] = "none"
 
 
 _HOURS = re.compile(r"^\s*(\d{1,2})(?::(\d{2}))?\s*-\s*(\d{1,2})(?::(\d{2}))?\s*$")

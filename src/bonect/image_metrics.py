@@ -57,6 +57,7 @@ __all__ = [
     "bone_scores",
     "mae",
     "mae_body",
+    "mean_error",
     "mse",
     "pearson_r",
     "psnr",
@@ -157,6 +158,22 @@ def mae(
     """
     s, c = _selected(sct, ct, mask, window)
     return _mean_abs(np.subtract(s, c, out=s))
+
+
+def mean_error(
+    sct: ArrayLike,
+    ct: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    window: tuple[float, float] = BONE_WINDOW,
+) -> float:
+    """Mean signed error ``sct - ct`` in HU after clipping both images to `window`.
+
+    Negative when the synthetic CT is too low on average (e.g. bone predicted as soft tissue).
+    Parameters and clipping are those of :func:`mae`.
+    """
+    s, c = _selected(sct, ct, mask, window)
+    return float(np.subtract(s, c, out=s).mean(dtype=np.float64))
 
 
 def mse(

@@ -88,6 +88,8 @@ def test_a_catalog_of_an_earlier_version_gets_the_new_columns(db_url: str) -> No
     with engine.begin() as conn:  # back to what the previous version created
         conn.execute(text("ALTER TABLE series DROP COLUMN calling_ae"))
         conn.execute(text("ALTER TABLE jobs DROP COLUMN output_series_uid"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN uncertain_share"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN uncertainty_threshold_hu"))
     assert "calling_ae" not in {c["name"] for c in inspect(engine).get_columns("series")}
     engine.dispose()
 
@@ -99,5 +101,6 @@ def test_a_catalog_of_an_earlier_version_gets_the_new_columns(db_url: str) -> No
         job_id = upgraded.enqueue_job(header().series_uid, START)
         job = upgraded.job(job_id)
         assert job is not None and job.output_series_uid is None
+        assert job.uncertainty is None
     finally:
         upgraded.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bonect.catalog import Catalog, JobRecord, SendStatus
+from bonect.catalog.records import UncertaintySummary
 from catalog.catalog_support import FakeClock, receive, series_headers
 
 INSTANCES = [(f"2.25.{k}", Path(f"/out/{k}.dcm")) for k in range(3)]
@@ -28,6 +29,34 @@ def test_planned_sends_are_pending(catalog: Catalog, clock: FakeClock, job: JobR
     assert len(pending) == 6
     assert {s.status for s in pending} == {SendStatus.PENDING}
     assert [s.destination for s in pending] == ["backup"] * 3 + ["pacs"] * 3
+
+
+def test_groups_are_planned_each_to_its_own_destinations(
+    catalog: Catalog, clock: FakeClock, job: JobRecord
+) -> None:
+    """The sCT to every destination, its uncertainty object only to those that asked."""
+    seg = [("2.25.99", Path("/out/SEG_0001.dcm"))]
+    groups = [(INSTANCES, ["pacs", "backup"]), (seg, ["pacs"])]
+    assert catalog.plan_send_groups(job, groups, now=clock.now()) == 7
+    assert catalog.plan_send_groups(job, groups, now=clock.now()) == 0  # a resumed job
+    pending = catalog.pending_sends(job)
+    assert sorted(s.destination for s in pending if s.sop_instance_uid == "2.25.99") == ["pacs"]
+    assert [s.sop_instance_uid for s in pending if s.destination == "pacs"][-1] == "2.25.99"
+
+
+def test_the_uncertainty_summary_is_kept_with_the_job(
+    catalog: Catalog, clock: FakeClock, job: JobRecord
+) -> None:
+    summary = UncertaintySummary(share=0.032, threshold_hu=120.0)
+    converted = catalog.mark_converted(
+        job, output_dir=Path("/out"), model_version="m 1", now=clock.now(), uncertainty=summary
+    )
+    assert converted.uncertainty == summary
+    again = catalog.job(job.id)
+    assert again is not None and again.uncertainty == summary
+    assert summary.text() == "planes disagree by > 120 HU in 3.2 % of the head"
+    (row,) = catalog.jobs(None, limit=1)
+    assert row.uncertainty == summary
 
 
 def test_half_sent_series_resumes_with_the_rest(

@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, KeyObjectSelectionDocumentStorage
+from pydicom.uid import CTImageStorage, KeyObjectSelectionDocumentStorage, SegmentationStorage
 
 from bonect.catalog.jobs import JobState
 from bonect.catalog.tables import SendStatus
 from bonect.converter.sct_modules import sct_series_description, sct_series_number
 from bonect.converter.sct_modules import synthetic_ct_uids as uids_of
+from bonect.converter.uncertainty_object import uncertainty_object_uids
 from bonect.daemon.node import Node
 from bonect.daemon.rejection import rejection_note, rejection_note_uids, write_rejection_note
 from bonect.daemon.sender import DestinationNode, send_files
+from bonect.daemon.withdraw import uncertainty_objects
 from bonect.phantom.cohort import WrittenPatient
 from catalog.catalog_support import FakeClock
 from daemon.node_support import LOCALHOST, MakePacs, OpenNode, Pacs
@@ -92,6 +94,35 @@ def test_the_rejection_note_is_an_iocm_kos_that_references_every_instance(
     assert referenced(ds) == {superseded: set(instances)}
     again = rejection_note(_source_header(), superseded, instances, description="replaced")
     assert again.SOPInstanceUID == ds.SOPInstanceUID  # sent again: the same object
+    if have("dciodvfy"):
+        assert dciodvfy_errors(path) == []
+
+
+def test_the_rejection_note_also_rejects_the_uncertainty_object_that_was_sent(
+    tmp_path: Path,
+) -> None:
+    superseded = "1.2.826.0.1.3680043.8.498.50"
+    instances = [f"{superseded}.{k}" for k in range(1, 3)]
+    (seg,) = [
+        found
+        for uid, found in uncertainty_objects(superseded).items()
+        if uid == uncertainty_object_uids(superseded, "segmentation")[1]
+    ]
+    assert seg.sop_class_uid == SegmentationStorage
+    note = rejection_note(
+        _source_header(), superseded, instances, description="replaced", others=[seg]
+    )
+    path = write_rejection_note(tmp_path / "note.dcm", note)
+    ds = dcmread(path)
+    assert referenced(ds) == {superseded: set(instances), seg.series_uid: {seg.sop_instance_uid}}
+    classes = {
+        item.ReferencedSOPInstanceUID: item.ReferencedSOPClassUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert classes[seg.sop_instance_uid] == SegmentationStorage
+    assert {classes[uid] for uid in instances} == {CTImageStorage}
     if have("dciodvfy"):
         assert dciodvfy_errors(path) == []
 

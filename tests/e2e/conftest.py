@@ -76,11 +76,14 @@ def write_config(
     port: int,
     pacs_port: int,
     sections: Mapping[str, Mapping[str, object]] | None = None,
+    pacs: Mapping[str, object] | None = None,
+    destinations: Sequence[Mapping[str, object]] = (),
 ) -> Path:
     """Write ``folder/config.toml`` in the contract's shape; ``sections`` overrides keys.
 
     The defaults: quiet time 600 s (completion must come from release + geometry), the
-    classical method on the CPU, no metrics endpoint, one destination ``pacs`` (AE ``PACS``).
+    classical method on the CPU, no metrics endpoint, one destination ``pacs`` (AE ``PACS``),
+    with the further keys ``pacs``, then the further ``destinations``.
     """
     config: dict[str, dict[str, object]] = {
         "node": {"ae_title": "BONECT", "host": LOCALHOST, "port": port},
@@ -107,8 +110,13 @@ def write_config(
         'ae_title = "PACS"',
         f'host = "{LOCALHOST}"',
         f"port = {pacs_port}",
+        *(f"{key} = {_toml_value(value)}" for key, value in (pacs or {}).items()),
         "",
     ]
+    for destination in destinations:
+        lines.append("[[destinations]]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in destination.items()]
+        lines.append("")
     path = folder / "config.toml"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -12,7 +12,8 @@ import pytest
 from bonect.catalog.records import patient_key
 from bonect.converter.volume import read_nifti, write_nifti
 from bonect.phantom.cohort import WrittenPatient, write_patient
-from bonect.phantom.generate import Acquisition, generate_case
+from bonect.phantom.generate import Acquisition, generate_case, patient_seed
+from bonect.phantom.variation import draw_acquisition
 from bonect.trainer import importers
 from bonect.trainer.sites import SiteError, SiteStore
 
@@ -129,6 +130,32 @@ def test_phantom_import_renders_mr_and_a_ct_from_another_session(tmp_path: Path)
     assert [p.provenance["contrast"] for p in pairs] == ["gre", "gre"]
     assert pairs[0].patient_key == patient_key("PH0005001", "BONECT-PHANTOM")
     assert not pairs[0].ct_on_mr_grid
+
+
+def test_phantom_families_draw_technique_and_acquisition(tmp_path: Path) -> None:
+    store = SiteStore(tmp_path / "trainer")
+    store.root.mkdir(parents=True)
+    spacing = (5.0, 5.0, 5.0)
+    summary = importers.import_phantom(
+        store, "wide", patients=3, seed=21, family="wide", mr_spacing=spacing, ct_spacing=spacing
+    )
+    assert summary.added == ["PH0021001", "PH0021002", "PH0021003"]  # as classic
+    site, pairs = store.site("wide"), store.pairs(store.site("wide"))
+    assert site.source == "phantom cohort 21, wide, technique drawn"
+    assert [p.provenance["family"] for p in pairs] == ["wide"] * 3
+    assert len({p.provenance["contrast"] for p in pairs}) > 1  # drawn per patient
+    for index, pair in enumerate(pairs):  # the family's own acquisition, at the given voxel size
+        drawn = draw_acquisition(patient_seed(21, index), "wide")
+        assert pair.provenance["orientation"] == drawn.orientation
+        assert pair.provenance["mr_spacing"] == list(spacing)
+        assert importers.phantom_acquisition(21, index, "wide", None) == drawn  # unchanged
+
+    importers.import_phantom(store, "shifted", patients=1, seed=22, family="shifted",
+                             contrast="petra", mr_spacing=spacing, ct_spacing=spacing)  # fmt: skip
+    assert store.pairs(store.site("shifted"))[0].provenance["contrast"] == "petra"
+    with pytest.raises(SiteError, match="classic phantom has no PETRA"):
+        importers.import_phantom(store, "classic", patients=1, seed=23, contrast="petra")
+    assert [s.name for s in store.sites()] == ["shifted", "wide"]  # nothing half-made
 
 
 def test_unknown_sites_and_bad_names_are_one_line_errors(tmp_path: Path) -> None:

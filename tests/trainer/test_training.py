@@ -273,3 +273,23 @@ def test_cuda_with_mixed_precision(pairs: list[CachedPair], tmp_path: Path) -> N
     assert next(result.network.parameters()).device.type == "cpu"
     resumed = train(pairs, dataclasses.replace(options, max_epochs=3), tmp_path, progress=False)
     assert [r.epoch for r in resumed.history] == [1, 2, 3]
+
+
+def test_mae_bone_loss_with_local_and_external_sites_in_equal_share(
+    pairs: list[CachedPair], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    split = split_patients(pairs, SliceIndex(pairs), OPTIONS.validation_fraction, OPTIONS.seed)
+    mixed = [  # one training patient becomes local, the others stay external
+        dataclasses.replace(p, source=dataclasses.replace(p.source, key="local/PH1"))
+        if p.source.patient_key == split.train_patients[0]
+        else p
+        for p in pairs
+    ]
+    options = dataclasses.replace(
+        OPTIONS, loss="mae_bone", max_epochs=1, local_sites=("local",), augment=False
+    )
+    with caplog.at_level("INFO", logger="bonect.trainer.training"):
+        result = train(mixed, options, tmp_path, progress=False)
+    (record,) = result.history
+    assert np.isfinite(record.train_loss) and np.isfinite(record.val_loss)
+    assert "each epoch draws local and external slices in equal share" in caplog.text

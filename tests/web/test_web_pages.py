@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 
 from bonect.catalog.peer_checks import record_check
 from bonect.config import Config, Destination, SourceConfig
-from bonect.registry import promoted_name
+from bonect.demo import bundled_model
+from bonect.registry import promoted_name, read_manifest
 from bonect.web.app import build_app
 from catalog.catalog_support import START, record_priors
 from web.conftest import (
@@ -116,10 +117,12 @@ def test_the_models_page_shows_the_promoted_manifest_versions_and_decisions(
 ) -> None:
     with client(site.config(), site) as c:
         page = c.get("/models").text
-    assert 'id="model-in-use">phantom-light-unet 20261129<' in page
+    bundled = read_manifest(bundled_model())
+    assert f'id="model-in-use">phantom-light-unet {bundled.version}<' in page
     assert "light_unet" in page and "128 × 128" in page
-    assert "NOT FOR CLINICAL USE" in page and "sites phantom; 8 patients" in page
-    assert "validation_l1_hu 31.72" in page
+    patients = len(bundled.training.patient_keys)
+    assert "NOT FOR CLINICAL USE" in page and f"sites phantom; {patients} patients" in page
+    assert f"validation_l1_hu {bundled.metrics['validation_l1_hu']:.4g}" in page
     assert "promoted: it is better" in page  # the decision of the report
     assert "external + local (CV)" in page and "99.0 [90.0, 108.0]" in page
     assert "old-light-unet" in page and "first" in page  # the older version, its promotion

@@ -32,7 +32,7 @@ from sqlalchemy import Select, exists, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bonect.catalog.jobs import CLAIMABLE, IN_FLIGHT, JobState, sources_of, transition
-from bonect.catalog.records import JobRecord, JobRef, job_id_of
+from bonect.catalog.records import JobRecord, JobRef, UncertaintySummary, job_id_of
 from bonect.catalog.tables import Job, Series
 from bonect.errors import PermanentError, SeriesError
 
@@ -236,8 +236,12 @@ class JobLifecycle:
         model_version: str,
         now: datetime,
         output_series_uid: str | None = None,
+        uncertainty: UncertaintySummary | None = None,
     ) -> JobRecord:
-        """The sCT series (``output_series_uid``) is written to ``output_dir``; next: send it."""
+        """The sCT series (``output_series_uid``) is written to ``output_dir``; next: send it.
+
+        ``uncertainty``: where its planes disagree (None: a method without planes).
+        """
         return self._move(
             job,
             JobState.CONVERTED,
@@ -245,6 +249,8 @@ class JobLifecycle:
             output_dir=str(output_dir),
             model_version=model_version[:128],
             output_series_uid=output_series_uid,
+            uncertain_share=None if uncertainty is None else uncertainty.share,
+            uncertainty_threshold_hu=None if uncertainty is None else uncertainty.threshold_hu,
         )
 
     def mark_sending(self, job: JobRef, *, now: datetime) -> JobRecord:

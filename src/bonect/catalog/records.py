@@ -19,6 +19,7 @@ from bonect.dicom.geometry import Orientation as Orientation
 from bonect.dicom.geometry import Vector3 as Vector3
 from bonect.dicom.header import InstanceHeader as InstanceHeader  # re-exported
 from bonect.dicom.header import patient_key as patient_key
+from bonect.uncertainty import summary
 
 
 def join_floats(values: Sequence[float] | None) -> str | None:
@@ -117,6 +118,25 @@ class SeriesGeometry:
 
 
 @dataclass(frozen=True)
+class UncertaintySummary:
+    """Where a job's sCT is unsure: the share (0..1) of the head whose planes disagree by
+    more than ``threshold_hu`` (see :mod:`bonect.uncertainty`)."""
+
+    share: float
+    threshold_hu: float
+
+    @classmethod
+    def from_row(cls, row: Job) -> UncertaintySummary | None:
+        if row.uncertain_share is None or row.uncertainty_threshold_hu is None:
+            return None
+        return cls(row.uncertain_share, row.uncertainty_threshold_hu)
+
+    def text(self) -> str:
+        """In words, e.g. ``planes disagree by > 100 HU in 3.2 % of the head``."""
+        return summary(self.share, self.threshold_hu)
+
+
+@dataclass(frozen=True)
 class JobRecord:
     """A job as the catalog holds it; workers pass it back to report the outcome."""
 
@@ -137,6 +157,7 @@ class JobRecord:
     model_version: str | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     output_series_uid: str | None = None  # the sCT series this job wrote
+    uncertainty: UncertaintySummary | None = None  # None: no planes, or not yet converted
 
     @classmethod
     def from_row(cls, row: Job) -> JobRecord:
@@ -158,6 +179,7 @@ class JobRecord:
             model_version=row.model_version,
             timings=json.loads(row.timings) if row.timings else {},
             output_series_uid=row.output_series_uid,
+            uncertainty=UncertaintySummary.from_row(row),
         )
 
 
@@ -214,6 +236,7 @@ class JobTimeline:
     finished_at: datetime | None
     timings: dict[str, float] = field(default_factory=dict)
     generation: int = 1
+    uncertainty: UncertaintySummary | None = None
 
     @classmethod
     def from_rows(cls, job: Job, series: Series) -> JobTimeline:
@@ -231,6 +254,7 @@ class JobTimeline:
             claimed_at=job.claimed_at,
             finished_at=job.finished_at,
             timings={str(k): float(v) for k, v in timings.items()},
+            uncertainty=UncertaintySummary.from_row(job),
         )
 
     def stages(self) -> list[tuple[str, float]]:

@@ -132,6 +132,21 @@ class SendLedger:
         with self._write.begin() as session:
             return plan_sends(session, job_id_of(job), instances, destinations, now)
 
+    def plan_send_groups(
+        self,
+        job: JobRef,
+        groups: Sequence[tuple[Sequence[tuple[str, Path]], Sequence[str]]],
+        *,
+        now: datetime,
+    ) -> int:
+        """Plan several groups of instances, each to its own destinations, in one transaction
+        (the sCT to every destination, its uncertainty object only to those that asked)."""
+        with self._write.begin() as session:
+            return sum(
+                plan_sends(session, job_id_of(job), instances, destinations, now)
+                for instances, destinations in groups
+            )
+
     def record_send(
         self,
         job: JobRef,

@@ -22,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -185,6 +186,10 @@ class Job(Base):
     output_series_uid: Mapped[str | None] = mapped_column(UID)  # the sCT series it wrote
     model_version: Mapped[str | None] = mapped_column(String(128))
     timings: Mapped[str | None] = mapped_column(Text)  # JSON: seconds per stage
+    # the share (0..1) of the head whose planes disagree by more than the threshold (HU) the
+    # model was judged against; None: no planes (classical map) or converted before they were kept
+    uncertain_share: Mapped[float | None] = mapped_column(Float)
+    uncertainty_threshold_hu: Mapped[float | None] = mapped_column(Float)
 
     series: Mapped[Series] = relationship(back_populates="jobs")
     sends: Mapped[list[Send]] = relationship(back_populates="job")

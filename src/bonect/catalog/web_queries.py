@@ -18,7 +18,7 @@ from sqlalchemy import Select, func, select, text
 
 from bonect.catalog.jobs import JobState
 from bonect.catalog.queue import Catalog
-from bonect.catalog.records import JobTimeline
+from bonect.catalog.records import JobTimeline, UncertaintySummary
 from bonect.catalog.tables import Job, Send, SendStatus, Series, Study
 
 
@@ -51,6 +51,7 @@ class JobRow:
     released_at: datetime | None
     sends: dict[str, dict[SendStatus, int]] = field(default_factory=dict)  # by destination
     timeline: JobTimeline | None = None
+    uncertainty: UncertaintySummary | None = None  # where its planes disagree
 
     def stages(self) -> list[tuple[str, float]]:
         """Seconds per stage (:meth:`JobTimeline.stages`: settle wait, queue wait, read,
@@ -126,6 +127,7 @@ def _row(job: Job, series: Series, study: Study) -> JobRow:
         last_received_at=series.last_received_at,
         released_at=series.association_released_at,
         timeline=JobTimeline.from_rows(job, series),
+        uncertainty=UncertaintySummary.from_row(job),
     )
 
 

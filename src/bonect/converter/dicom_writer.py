@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -106,6 +106,7 @@ def synthetic_ct_datasets(
     now: datetime | None = None,
     generation: int = 1,
     replaces: int | None = None,
+    uncertainty_summary: str | None = None,
 ) -> list[Dataset]:
     """Build the CT Image Storage instances of a synthetic CT on the grid of ``source``.
 
@@ -130,6 +131,9 @@ def synthetic_ct_datasets(
     generation, replaces
         Which conversion of this MR series this is (1: the first; part of the UIDs), and the
         one it replaces at the PACS if any (SeriesDescription "v2 replaces v1", ImageComments).
+    uncertainty_summary
+        Where the planes disagree, in words (:func:`bonect.uncertainty.summary`), appended to
+        ImageComments; None for a method without planes.
 
     Returns
     -------
@@ -173,6 +177,7 @@ def synthetic_ct_datasets(
         + ("" if clinical_use else "NOT FOR CLINICAL USE: research model, not validated. ")
         + f"Method {method}, model {model_name} {model_version}."
         + ("" if replaces is None else f" Version {generation}: replaces version {replaces}.")
+        + ("" if uncertainty_summary is None else f" Uncertainty: {uncertainty_summary}.")
     )
 
     series = Dataset()  # what all instances share
@@ -243,6 +248,8 @@ class WrittenSeries:
     paths: tuple[Path, ...]
     series_uid: str
     sop_instance_uids: tuple[str, ...]  # one per path, in the same order
+    # the datasets written, for objects that reference them (the uncertainty object)
+    datasets: tuple[Dataset, ...] = field(default=(), repr=False, compare=False)
 
 
 def write_synthetic_ct(
@@ -258,6 +265,7 @@ def write_synthetic_ct(
     now: datetime | None = None,
     generation: int = 1,
     replaces: int | None = None,
+    uncertainty_summary: str | None = None,
 ) -> WrittenSeries:
     """Write the synthetic CT of ``source`` as ``out_dir/CT_<InstanceNumber:04d>.dcm``.
 
@@ -282,6 +290,7 @@ def write_synthetic_ct(
         now=now,
         generation=generation,
         replaces=replaces,
+        uncertainty_summary=uncertainty_summary,
     )
     paths = write_datasets(datasets, out_dir, prefix="CT")
     logger.info(
@@ -295,4 +304,5 @@ def write_synthetic_ct(
         paths=tuple(paths),
         series_uid=str(datasets[0].SeriesInstanceUID) if datasets else "",
         sop_instance_uids=tuple(str(d.SOPInstanceUID) for d in datasets),
+        datasets=tuple(datasets),
     )

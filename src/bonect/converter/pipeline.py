@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from bonect.converter.classical import ClassicalParameters, classical_sct
@@ -18,6 +19,7 @@ from bonect.converter.volume import Volume
 from bonect.errors import ModelError
 from bonect.hounsfield import AIR_HU, HU_RANGE
 from bonect.registry import promoted_model
+from bonect.uncertainty import threshold_hu
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,15 @@ def method_identity(method: Method) -> tuple[str, str, bool]:
     return m.name, m.version, m.clinical_use
 
 
+def uncertainty_threshold_hu(method: Method) -> float | None:
+    """The spread (HU) above which a voxel of ``method``'s sCT is unsure
+    (:func:`bonect.uncertainty.threshold_hu`); None for the classical map, which has no planes.
+    """
+    if isinstance(method, Classical):
+        return None
+    return threshold_hu(method.manifest)
+
+
 def resolve_method(spec: str, *, registry: Path | None, device: torch.device) -> Method:
     """``classical``, a model folder, or ``auto``: the promoted model, else classical.
 
@@ -71,10 +82,15 @@ def resolve_method(spec: str, *, registry: Path | None, device: torch.device) ->
 
 @dataclass(frozen=True)
 class Conversion:
-    """A synthetic CT in HU on the MR grid, and the between-plane spread where there is one."""
+    """A synthetic CT in HU on the MR grid, and the between-plane spread where there is one.
+
+    ``head`` is the head mask on the MR grid (the voxels the spread is about); None for the
+    classical map.
+    """
 
     sct: Volume
     uncertainty: Volume | None
+    head: npt.NDArray[np.bool_] | None = None
 
 
 def convert(
@@ -112,4 +128,4 @@ def convert(
         spread = from_cube(pred.spread, prepared.cube, mr, cval=0.0)
         spread[~prepared.mask] = 0.0
         spread_volume = mr.with_array(spread)
-    return Conversion(sct=mr.with_array(hu), uncertainty=spread_volume)
+    return Conversion(sct=mr.with_array(hu), uncertainty=spread_volume, head=prepared.mask)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -45,17 +46,24 @@ def rejection_note_uids(superseded_series_uid: str) -> tuple[str, str]:
     return deterministic_uid(*key, "series"), deterministic_uid(*key, "instance")
 
 
-def _evidence(
-    source: Dataset, series_uid: str, instance_uids: Sequence[str], sop_class_uid: str
-) -> list[Dataset]:
+@dataclass(frozen=True)
+class Rejected:
+    """One instance to reject: its series, SOP class and SOP instance UIDs."""
+
+    series_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+def _evidence(source: Dataset, instances: Sequence[Rejected]) -> list[Dataset]:
     """What highdicom needs of each rejected instance: patient, study and its three UIDs."""
     items = []
-    for uid in instance_uids:
+    for instance in instances:
         item = Dataset()
         copy_patient_and_study(source, item)
-        item.SeriesInstanceUID = series_uid
-        item.SOPClassUID = sop_class_uid
-        item.SOPInstanceUID = uid
+        item.SeriesInstanceUID = instance.series_uid
+        item.SOPClassUID = instance.sop_class_uid
+        item.SOPInstanceUID = instance.sop_instance_uid
         item.Rows = item.Columns = 1  # an image: referenced by an IMAGE content item
         items.append(item)
     return items
@@ -69,6 +77,7 @@ def rejection_note(
     description: str,
     sop_class_uid: str = CTImageStorage,
     now: datetime | None = None,
+    others: Sequence[Rejected] = (),
 ) -> Dataset:
     """The IOCM rejection note of a superseded sCT series, as a dataset with file meta.
 
@@ -87,11 +96,15 @@ def rejection_note(
         SOP Class of the superseded instances (bonect writes CT Image Storage).
     now
         Content and creation date and time; default the current local time.
+    others
+        Instances of other series rejected with it: the sCT's uncertainty object
+        (:mod:`bonect.converter.uncertainty_object`), which references the rejected images.
     """
     if not instance_uids:
         raise ValueError(f"no instances of {superseded_series_uid} to reject")
     moment = now if now is not None else datetime.now()
-    evidence = _evidence(source, superseded_series_uid, instance_uids, sop_class_uid)
+    rejected = [Rejected(superseded_series_uid, sop_class_uid, uid) for uid in instance_uids]
+    evidence = _evidence(source, [*rejected, *others])
     content = KeyObjectSelection(
         document_title=CodedConcept(*REJECTED_FOR_QUALITY_REASONS),
         referenced_objects=evidence,

@@ -11,6 +11,7 @@ from datetime import datetime
 from bonect.catalog import Catalog, JobState, SendStatus, SettleState, peer_checks
 from bonect.catalog import priors as prior_store
 from bonect.catalog.priors import PriorState
+from bonect.catalog.records import UncertaintySummary
 
 
 def _local(at: datetime) -> str:
@@ -40,6 +41,8 @@ def status_lines(catalog: Catalog, now: datetime, *, model: str) -> list[str]:
             f"generation {last.generation}"
         )
         lines.append("  " + ", ".join(f"{name} {s:.1f} s" for name, s in last.stages()))
+        if last.uncertainty is not None:
+            lines.append(f"  uncertainty: {last.uncertainty.text()}")
     errors = []
     for job in catalog.jobs(JobState.FAILED, limit=5):
         errors.append(f"  job {job.id} failed {_local(job.updated_at)}: {job.last_error}")
@@ -111,15 +114,22 @@ def prior_lines(catalog: Catalog, state: str | None, limit: int) -> list[str]:
     return lines
 
 
+def _share(summary: UncertaintySummary) -> str:
+    """``3.2 % > 100 HU``: the share of the head whose planes disagree by more."""
+    return f"{100 * summary.share:.1f} % > {summary.threshold_hu:g} HU"
+
+
 def job_lines(catalog: Catalog, state: str | None, limit: int) -> list[str]:
     """One line per job, newest first: id, state, last change, generation, attempts, series,
-    reason; a done job whose series was converted again since says which generation replaced
-    it."""
+    the share of the head whose planes disagree (when recorded), reason; a done job whose
+    series was converted again since says which generation replaced it."""
     jobs = catalog.jobs(JobState(state) if state else None, limit=limit)
     newest = catalog.newest_done_generations({job.series_uid for job in jobs})
     lines = []
     for job in jobs:
         reason = f"  {job.last_error}" if job.last_error else ""
+        if job.uncertainty is not None:
+            reason = f"  unsure {_share(job.uncertainty)}{reason}"
         if job.state == JobState.DONE and newest.get(job.series_uid, 0) > job.generation:
             reason = f"  replaced by generation {newest[job.series_uid]}{reason}"
         lines.append(

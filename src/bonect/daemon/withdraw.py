@@ -3,8 +3,9 @@
 Once every instance of a later generation of a series is stored, each earlier generation is
 withdrawn: its output folder is deleted, and each destination that may hold one of its
 instances (one was sent there) gets an IHE IOCM rejection note (:mod:`bonect.daemon.rejection`)
-unless it is configured not to. Idempotent: each later generation checks them all again, and
-finds the notes sent.
+unless it is configured not to; the note also rejects the generation's uncertainty object
+(:mod:`bonect.converter.uncertainty_object`) where one was sent. Idempotent: each later
+generation checks them all again, and finds the notes sent.
 """
 
 from __future__ import annotations
@@ -22,13 +23,28 @@ from pydicom.dataset import Dataset
 from bonect.catalog.queue import Catalog
 from bonect.catalog.records import JobRecord
 from bonect.catalog.tables import SendStatus
-from bonect.daemon.rejection import rejection_note, rejection_note_uids, write_rejection_note
+from bonect.converter.uncertainty_object import KINDS, SOP_CLASS, uncertainty_object_uids
+from bonect.daemon.rejection import (
+    Rejected,
+    rejection_note,
+    rejection_note_uids,
+    write_rejection_note,
+)
 from bonect.daemon.sender import DestinationNode, SendOutcome, SendTimeouts, send_files
 from bonect.errors import StorageError, storage_errors
 
 logger = logging.getLogger(__name__)
 
 _NOTE_STATUS = {SendOutcome.STORED: SendStatus.STORED, SendOutcome.FAILED: SendStatus.FAILED}
+
+
+def uncertainty_objects(sct_series_uid: str) -> dict[str, Rejected]:
+    """The uncertainty objects an sCT series may have had, by SOP Instance UID."""
+    found = {}
+    for kind in KINDS:
+        series_uid, sop_instance_uid = uncertainty_object_uids(sct_series_uid, kind)
+        found[sop_instance_uid] = Rejected(series_uid, SOP_CLASS[kind], sop_instance_uid)
+    return found
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,10 @@ class Withdrawal:
             return 0
         _, note_uid = rejection_note_uids(old.output_series_uid)
         sends = self.catalog.sends(old)
-        images = sorted({s.sop_instance_uid for s in sends if s.sop_instance_uid != note_uid})
+        derived = uncertainty_objects(old.output_series_uid)
+        sent = {s.sop_instance_uid for s in sends if s.sop_instance_uid != note_uid}
+        images = sorted(sent - set(derived))
+        others = [derived[uid] for uid in sorted(sent & set(derived))]
         known = self.no_notes | set(self.notes_to)
         held = {
             s.destination
@@ -74,7 +93,7 @@ class Withdrawal:
             return 0
         path = self.outgoing / job.series_uid / "rejections" / f"job{old.id}.dcm"
         if not path.exists():
-            note = self._note(job, old, images)
+            note = self._note(job, old, images, others)
             with storage_errors(f"job {job.id}: writing the rejection note of job {old.id}"):
                 write_rejection_note(path, note)
         self.catalog.plan_sends(old, [(note_uid, path)], targets, now=self.clock())
@@ -112,8 +131,11 @@ class Withdrawal:
             unanswered += result.outcome is SendOutcome.UNKNOWN
         return unanswered
 
-    def _note(self, job: JobRecord, old: JobRecord, images: Sequence[str]) -> Dataset:
-        """The rejection note of ``old``'s sCT series (patient and study from the MR)."""
+    def _note(
+        self, job: JobRecord, old: JobRecord, images: Sequence[str], others: Sequence[Rejected]
+    ) -> Dataset:
+        """The rejection note of ``old``'s sCT series and of its uncertainty object if one was
+        sent (patient and study from the MR)."""
         instances = self.catalog.instances(job.series_uid)
         if not instances:
             raise StorageError(
@@ -126,4 +148,6 @@ class Withdrawal:
             f"computed before more images of MR series {job.series_uid} arrived; version "
             f"{job.generation} (series {job.output_series_uid}) replaces it."
         )
-        return rejection_note(source, str(old.output_series_uid), images, description=description)
+        return rejection_note(
+            source, str(old.output_series_uid), images, description=description, others=others
+        )

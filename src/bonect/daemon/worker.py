@@ -13,6 +13,13 @@ Each job is one *generation* of its series' sCT, with UIDs of its own. Once ever
 a later generation is stored, the worker withdraws the earlier ones
 (:mod:`bonect.daemon.withdraw`). Where a destination receives what (every series, or only
 those it sent itself) is decided when the sends are planned.
+
+With a U-Net in several planes, the share of the head whose planes disagree by more than the
+model's threshold (:mod:`bonect.uncertainty`) goes into the sCT's Image Comments and the job
+record; a destination with ``uncertainty`` also gets the uncertainty object
+(:mod:`bonect.converter.uncertainty_object`), written beside the sCT and planned in the same
+send ledger, after the sCT instances. (Over 400 lines: a job's steps, from claim to
+withdrawal, read in order in one place; the parts they call live in their own modules.)
 """
 
 from __future__ import annotations
@@ -30,12 +37,22 @@ import torch
 from bonect.audit import MINOR_FAILURE, SUCCESS, AuditEvent, AuditTrail, Participant, Subject
 from bonect.catalog.jobs import JobState
 from bonect.catalog.queue import Catalog, ClaimLost
-from bonect.catalog.records import JobRecord
+from bonect.catalog.records import JobRecord, UncertaintySummary
 from bonect.catalog.tables import SendStatus
 from bonect.config import Destination
 from bonect.converter.dicom_reader import read_mr_files
-from bonect.converter.dicom_writer import write_synthetic_ct
-from bonect.converter.pipeline import convert, method_identity
+from bonect.converter.dicom_writer import WrittenSeries, write_synthetic_ct
+from bonect.converter.pipeline import (
+    Conversion,
+    convert,
+    method_identity,
+    uncertainty_threshold_hu,
+)
+from bonect.converter.uncertainty_object import (
+    KINDS,
+    UncertaintyKind,
+    write_uncertainty_object,
+)
 from bonect.daemon.model_holder import ModelHolder
 from bonect.daemon.prometheus import NodeMetrics
 from bonect.daemon.sender import (
@@ -48,8 +65,18 @@ from bonect.daemon.sender import (
 )
 from bonect.daemon.withdraw import Withdrawal
 from bonect.errors import PermanentError, RetryableError, storage_errors
+from bonect.uncertainty import uncertain_share
 
 logger = logging.getLogger(__name__)
+
+
+def _summary(conversion: Conversion, threshold: float | None) -> UncertaintySummary | None:
+    """The share of the head whose planes disagree by more than ``threshold``; None without
+    planes."""
+    spread, head = conversion.uncertainty, conversion.head
+    if threshold is None or spread is None or head is None:
+        return None
+    return UncertaintySummary(uncertain_share(spread.array, head, threshold), threshold)
 
 
 class SendIncomplete(RetryableError):
@@ -85,14 +112,17 @@ class Route:
     node: DestinationNode
     every_series: bool = True  # False: only the series it sent (with return_to_sender)
     rejection_notes: bool = True  # withdraw a replaced sCT series there with an IOCM note
+    uncertainty: UncertaintyKind | None = None  # the uncertainty object it also receives
 
     @classmethod
     def from_config(cls, destination: Destination) -> Route:
+        kind = destination.uncertainty
         return cls(
             destination.name,
             DestinationNode.from_config(destination),
             every_series=destination.receives == "all",
             rejection_notes=destination.rejection_notes,
+            uncertainty=None if kind == "none" else kind,
         )
 
 
@@ -223,14 +253,22 @@ class Worker:
         self.last_timings.add("read", started)
         started = time.perf_counter()
         method = self.models.current
+        threshold = uncertainty_threshold_hu(method)
         conversion = convert(
             series.volume,
             method,
             planes=self.settings.planes,
             batch_size=self.settings.batch_size,
             device=self.settings.device,
-            uncertainty=False,  # the sCT series does not carry it
+            uncertainty=threshold is not None,
         )
+        unsure = _summary(conversion, threshold)
+        if unsure is None:  # the classical map, or a single plane configured
+            logger.info(
+                "job %d: %s gives no planes to compare: no uncertainty summary nor object",
+                job.id,
+                method.label,
+            )
         self.last_timings.add("convert", started)
         if self.metrics is not None:
             self.metrics.conversion_seconds.observe(self.last_timings.seconds["convert"])
@@ -251,7 +289,11 @@ class Worker:
                 clinical_use=clinical,
                 generation=job.generation,
                 replaces=max(replaced, default=None),
+                uncertainty_summary=None if unsure is None else unsure.text(),
             )
+        names = self._destinations_for(job)
+        with storage_errors(f"job {job.id}: writing the uncertainty object to {out_dir}"):
+            extra = self._write_uncertainty(job, conversion, written, out_dir, names, unsure)
         self.last_timings.add("write", started)
         now = self.clock()
         job = self.catalog.mark_converted(
@@ -260,18 +302,54 @@ class Worker:
             model_version=f"{name} {version}",
             now=now,
             output_series_uid=written.series_uid or None,
+            uncertainty=unsure,
         )
-        names = self._destinations_for(job)
         instances_written = list(zip(written.sop_instance_uids, written.paths, strict=True))
-        self.catalog.plan_sends(job, instances_written, names, now=now)
+        self.catalog.plan_send_groups(job, [(instances_written, names), *extra], now=now)
         logger.info(
-            "job %d: %d sCT instances (generation %d) written with %s",
+            "job %d: %d sCT instances (generation %d) written with %s%s",
             job.id,
             len(written.paths),
             job.generation,
             method.label,
+            "" if unsure is None else f"; {unsure.text()}",
         )
         return job
+
+    def _write_uncertainty(
+        self,
+        job: JobRecord,
+        conversion: Conversion,
+        written: WrittenSeries,
+        out_dir: Path,
+        names: Sequence[str],
+        unsure: UncertaintySummary | None,
+    ) -> list[tuple[list[tuple[str, Path]], list[str]]]:
+        """Write each kind of uncertainty object that a destination of this job asked for;
+        returns each with its destinations, for :meth:`Catalog.plan_send_groups`."""
+        if conversion.uncertainty is None or unsure is None:
+            return []  # no planes: said once by the caller
+        groups = []
+        for kind in KINDS:
+            routes = self.settings.destinations
+            targets = [r.name for r in routes if r.uncertainty == kind and r.name in names]
+            if not targets:
+                continue
+            try:
+                obj = write_uncertainty_object(
+                    kind,
+                    conversion.uncertainty.array,
+                    written.datasets,
+                    out_dir,
+                    threshold_hu=unsure.threshold_hu,
+                )
+            except OSError:
+                raise  # the disk: the job retries
+            except Exception:  # an optional QA object must not cost the sCT
+                logger.exception("job %d: no uncertainty %s: it could not be built", job.id, kind)
+                continue
+            groups.append(([(obj.sop_instance_uid, obj.path)], targets))
+        return groups
 
     def _was_sent(self, job: JobRecord) -> bool:
         """Whether some instance of ``job``'s output was sent (so a PACS may hold it)."""

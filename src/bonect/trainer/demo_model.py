@@ -1,12 +1,15 @@
 """Train the small phantom-only Light_U-Net that ships for the demo and the tests.
 
-A plain loop, not the product's trainer: phantom patients are rendered, prepared by the
-converter's own preprocessing, sliced in three planes, and a Light_U-Net is fitted with the
-L1 loss (the paper's best MAE). The result is labelled phantom-trained, not for clinical use.
+A plain loop, not the product's trainer: phantom patients of the ``wide`` family
+(:mod:`bonect.phantom.variation`: every technique, tissue signal, bone curve, resolution, field
+of view, pose, age and pathology drawn per patient) are rendered, prepared by the converter's
+own preprocessing and sliced in three planes; a Light_U-Net is fitted with a bone-weighted L1
+loss on batches augmented as the product's trainer does (geometry on input and target, MR
+contrast on the input), with a cosine learning-rate decay. The 3-plane spread threshold that
+marks voxels likely to be wrong by more than 200 HU is then calibrated on held-out patients and
+written to the manifest. The result is labelled phantom-trained, not for clinical use.
 
-Reproduce the committed model with::
-
-    python -m bonect.trainer.demo_model models/phantom-light-unet
+Reproduce the committed model with the command in its manifest (``training.command``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import copy
 import hashlib
 import logging
+import math
+import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -26,26 +31,33 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from bonect.converter.model_folder import save_model
+from bonect.converter.model_folder import LoadedModel, load_model, save_model
 from bonect.converter.networks import LightUNet, count_parameters
 from bonect.converter.preprocess import PLANE_AXIS, prepare, slices, to_cube
 from bonect.hounsfield import AIR_HU, HU_MAX, HU_MIN
-from bonect.phantom.generate import ORIENTATIONS, Acquisition, generate_case
-from bonect.registry import Manifest, TrainingProvenance
+from bonect.phantom.generate import ORIENTATIONS, Acquisition, PhantomCase, generate_case
+from bonect.phantom.variation import FAMILY_NAMES, Family
+from bonect.registry import Manifest, TrainingProvenance, read_manifest
+from bonect.trainer.batch_augmentation import augment
+from bonect.trainer.losses import bone_weighted_l1
+from bonect.trainer.spread_calibration import SpreadCalibration, calibrate, spread_and_error
+from bonect.uncertainty import THRESHOLD_KEY
 
 logger = logging.getLogger(__name__)
 
 
 def slice_pairs(
-    seed: int, indices: Sequence[int], size: int, *, min_fraction: float = 0.04
+    seed: int,
+    indices: Sequence[int],
+    size: int,
+    *,
+    family: Family = "wide",
+    min_fraction: float = 0.04,
 ) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16]]:
     """Model inputs and targets ([0, 1]) from phantom patients, three planes each."""
     inputs, targets = [], []
     for i in tqdm(indices, desc="phantom patients", unit="patient"):
-        orientation = ORIENTATIONS[i % len(ORIENTATIONS)]
-        case = generate_case(
-            seed, i, acquisition=Acquisition(orientation, (2.0, 1.6, 1.6)), ct_acquisition=None
-        )
+        case = phantom_case(seed, i, family)
         prepared = prepare(case.mr, size)
         ct = to_cube(case.ct_on_mr, prepared.cube, cval=AIR_HU)
         target = (np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
@@ -55,6 +67,16 @@ def slice_pairs(
             inputs.append(slices(prepared.image, plane)[keep].astype(np.float16))
             targets.append(slices(target, plane)[keep].astype(np.float16))
     return np.concatenate(inputs), np.concatenate(targets)
+
+
+def phantom_case(seed: int, index: int, family: Family) -> PhantomCase:
+    """Patient ``index``: the classic family on a fixed ZTE acquisition (the earlier bundled
+    model's data), any other family with technique and acquisition drawn."""
+    if family == "classic":
+        orientation = ORIENTATIONS[index % len(ORIENTATIONS)]
+        acquisition = Acquisition(orientation, (2.0, 1.6, 1.6))
+        return generate_case(seed, index, acquisition=acquisition, ct_acquisition=None)
+    return generate_case(seed, index, acquisition=None, ct_acquisition=None, family=family)
 
 
 def _batches(n: int, batch: int, rng: np.random.Generator) -> list[npt.NDArray[np.int64]]:
@@ -79,25 +101,40 @@ def train(
     max_minutes: float = 30.0,
     steps_per_epoch: int | None = None,
     val_slices: int = 96,
+    family: Family = "wide",
+    bone_weight: float = 1.0,
+    augmentation: bool = True,
+    calibration_patients: int = 2,
+    init: Path | None = None,
+    learning_rate: float = 1e-3,
+    cosine: bool = True,
     command: str = "",
 ) -> Path:
-    """Render, slice, fit and save; returns the model folder."""
+    """Render, slice, fit, calibrate and save; returns the model folder."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     train_idx = list(range(patients))
     val_idx = [patients]  # one held-out patient for early stopping
-    x_train, y_train = slice_pairs(seed, train_idx, size)
-    x_val, y_val = slice_pairs(seed, val_idx, size)
+    x_train, y_train = slice_pairs(seed, train_idx, size, family=family)
+    x_val, y_val = slice_pairs(seed, val_idx, size, family=family)
     pick = np.random.default_rng(seed + 1).permutation(len(x_val))[:val_slices]
     x_val, y_val = x_val[pick], y_val[pick]
     logger.info("%d training and %d validation slices", len(x_train), len(x_val))
     net = LightUNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    # start the sigmoid at the mean target, not at 0.5 (~1000 HU): L1's gradient is only a sign,
-    # so a saturated start costs epochs
-    mean_target = float(np.clip(y_train.astype(np.float32).mean(), 1e-3, 1 - 1e-3))
-    with torch.no_grad():
-        net.head.bias.fill_(float(np.log(mean_target / (1 - mean_target))))
-    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    if init is not None:  # fine-tune a model already trained
+        net.load_state_dict(load_model(init).network.state_dict())
+    else:
+        # start the sigmoid at the mean target, not at 0.5 (~1000 HU): L1's gradient is only a
+        # sign, so a saturated start costs epochs
+        mean_target = float(np.clip(y_train.astype(np.float32).mean(), 1e-3, 1 - 1e-3))
+        with torch.no_grad():
+            net.head.bias.fill_(float(np.log(mean_target / (1 - mean_target))))
+    optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    per_epoch = min(math.ceil(len(x_train) / batch), steps_per_epoch or len(x_train))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimiser, T_max=max(1, epochs * per_epoch), eta_min=2e-5 if cosine else learning_rate
+    )
     best_state, best_val, history = copy.deepcopy(net.state_dict()), float("inf"), []
     started = time.monotonic()
     epoch = 0
@@ -107,12 +144,15 @@ def train(
         losses = []
         for idx in tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False):
             x, y = _tensor(x_train[idx]), _tensor(y_train[idx])
-            if rng.random() < 0.5:  # left-right flip
+            if augmentation:
+                x, y = augment(x, y, generator)
+            elif rng.random() < 0.5:  # left-right flip
                 x, y = x.flip(-1), y.flip(-1)
-            loss = torch.nn.functional.l1_loss(net(x), y)
+            loss = bone_weighted_l1(net(x), y, bone_weight)
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
+            schedule.step()
             losses.append(float(loss.detach()) * (HU_MAX - HU_MIN))
         val = _validate(net, x_val, y_val, batch)
         history.append((epoch, float(np.mean(losses)), val))
@@ -123,7 +163,15 @@ def train(
             logger.info("time budget of %.0f min reached after epoch %d", max_minutes, epoch)
             break
     net.load_state_dict(best_state)
+    net.eval()
     keys = tuple(hashlib.sha256(f"phantom:{seed}:{i}".encode()).hexdigest()[:16] for i in train_idx)
+    slices_seen, epochs_run, history_note = len(x_train), epoch, ""
+    if init is not None:  # the provenance of the model fine-tuned is part of this one's
+        before = read_manifest(init)
+        keys = before.training.patient_keys + keys
+        slices_seen += before.training.slices
+        epochs_run += before.training.epochs
+        history_note = f"; fine-tuned from {before.label} ({before.training.command})"
     manifest = Manifest(
         name="phantom-light-unet",
         version=datetime.now(UTC).strftime("%Y%m%d"),
@@ -134,21 +182,52 @@ def train(
         hu_max=HU_MAX,
         clinical_use=False,
         description=(
-            "Light_U-Net trained on bonect's digital phantom only (ZTE contrast); for the demo "
-            "and the tests. NOT FOR CLINICAL USE."
+            f"Light_U-Net trained on bonect's digital phantom only ({family} family: "
+            + (
+                "ZTE contrast"
+                if family == "classic"
+                else "ZTE, UTE and black-bone GRE, randomised scanners, anatomy and acquisitions"
+            )
+            + f"; {time.monotonic() - started:.0f} s of training on {describe_device()})"
+            + history_note
+            + "; for the demo and the tests. NOT FOR CLINICAL USE."
         ),
         training=TrainingProvenance(
             sites=("phantom",),
             patient_keys=keys,
-            slices=len(x_train),
-            epochs=epoch,
-            loss="mae",
+            slices=slices_seen,
+            epochs=epochs_run,
+            loss="mae" if bone_weight == 0 else f"mae, bone x{1 + bone_weight:g}",
             command=command or f"python -m bonect.trainer.demo_model {out} --seed {seed}",
         ),
         metrics={"validation_l1_hu": round(best_val, 2), "parameters": count_parameters(net)},
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    if calibration_patients > 0:
+        first = patients + 1  # after the training patients and the validation patient
+        cases = [phantom_case(seed, i, family) for i in range(first, first + calibration_patients)]
+        calibration = calibrate_on(LoadedModel(manifest, net, out), cases)
+        logger.info("3-plane spread calibrated: %s", calibration.as_dict())
+        metrics = dict(manifest.metrics)
+        metrics[THRESHOLD_KEY] = round(calibration.threshold_hu, 1)
+        metrics["uncertainty_auc"] = round(calibration.auc, 3)
+        manifest = manifest.model_copy(update={"metrics": metrics})
     return save_model(out, manifest, net)
+
+
+def calibrate_on(model: LoadedModel, cases: Sequence[PhantomCase]) -> SpreadCalibration:
+    """Calibrate the 3-plane spread threshold on held-out phantom patients."""
+    spreads, errors = [], []
+    for case in tqdm(cases, desc="calibrating the spread", unit="patient"):
+        spread, error = spread_and_error(model, case.mr, case.ct_on_mr, case.labels.array > 0)
+        spreads.append(spread)
+        errors.append(error)
+    return calibrate(spreads, errors)
+
+
+def describe_device() -> str:
+    """The CPU this ran on, for the manifest's CPU budget."""
+    return f"{torch.get_num_threads()} CPU thread(s), {platform.processor() or platform.machine()}"
 
 
 @torch.inference_mode()
@@ -174,6 +253,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument(
+        "--family", choices=FAMILY_NAMES, default="wide", help="phantom family to train on"
+    )
+    parser.add_argument(
+        "--bone-weight", type=float, default=1.0, help="extra L1 weight of bone voxels (0: plain)"
+    )
+    parser.add_argument(
+        "--no-augmentation", action="store_true", help="left-right flips only (the old recipe)"
+    )
+    parser.add_argument(
+        "--calibration-patients", type=int, default=2, help="held-out patients for the threshold"
+    )
+    parser.add_argument("--init", type=Path, default=None, help="model folder to fine-tune")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, at the start")
+    parser.add_argument(
+        "--constant-lr", action="store_true", help="no cosine decay (the old recipe)"
+    )
+    parser.add_argument(
         "--steps-per-epoch", type=int, default=None, help="batches per epoch (default: all)"
     )
     args = parser.parse_args(argv)
@@ -186,6 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         steps_per_epoch=args.steps_per_epoch,
+        family=args.family,
+        bone_weight=args.bone_weight,
+        augmentation=not args.no_augmentation,
+        calibration_patients=args.calibration_patients,
+        init=args.init,
+        learning_rate=args.learning_rate,
+        cosine=not args.constant_lr,
         command=" ".join(["python -m bonect.trainer.demo_model", *(argv or sys.argv[1:])]),
     )
     print(folder)

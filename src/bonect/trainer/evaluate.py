@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from bonect.converter.pipeline import Method, convert, method_identity
 from bonect.converter.preprocess import head_mask
 from bonect.converter.volume import read_nifti, write_nifti
 from bonect.errors import BonectError
+from bonect.image_metrics import mean_error
 from bonect.metrics_report import Metrics, compute_metrics, mean_ci95
 from bonect.registry import Manifest
 from bonect.trainer.cache import CachedPair, build_cache
@@ -47,6 +49,7 @@ class PatientResult:
     repeat: int
     metrics: Metrics
     prediction: str  # the sCT NIfTI written for the figures and for a person to look at
+    mean_error: float = math.nan  # mean signed error sCT - CT (HU, bone window, head mask)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Evaluation:
                 repeat=int(r["repeat"]),
                 metrics=Metrics(**r["metrics"]),
                 prediction=r["prediction"],
+                mean_error=float(r.get("mean_error", math.nan)),
             )
             for r in raw
         )
@@ -120,11 +124,14 @@ def score_method(
         ).sct
         mask = head_mask(np.asarray(mr.array, dtype=np.float32), mr.spacing)
         metrics = compute_metrics(sct.array, ct.array, mask=mask, body_mask=mask)
+        signed = mean_error(sct.array, ct.array, mask=mask)
         path = write_nifti(sct, out / f"{state.pair.site}-{state.pair.case}.nii.gz")
         name = method_identity(method)[0]
         logger.info("%s on %s: MAE %.1f HU", name, state.pair.key, metrics.mae)
         results.append(
-            PatientResult(state.pair.key, state.pair.patient_key, repeat, metrics, str(path))
+            PatientResult(
+                state.pair.key, state.pair.patient_key, repeat, metrics, str(path), signed
+            )
         )
     return results
 

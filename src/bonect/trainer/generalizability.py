@@ -39,8 +39,11 @@ logger = logging.getLogger(__name__)
 Say = Callable[[str], None]
 
 
-def training_options(config: TrainerConfig, *, max_epochs: int | None = None) -> TrainingOptions:
-    """The training options the config asks for (``--epochs`` caps the epochs)."""
+def training_options(
+    config: TrainerConfig, *, max_epochs: int | None = None, local_sites: Sequence[str] = ()
+) -> TrainingOptions:
+    """The training options the config asks for (``--epochs`` caps the epochs); the pairs of
+    `local_sites` are local and may be balanced against the external ones."""
     return TrainingOptions(
         architecture=config.architecture,
         loss=config.loss,
@@ -50,6 +53,8 @@ def training_options(config: TrainerConfig, *, max_epochs: int | None = None) ->
         steps_per_epoch=config.steps_per_epoch or None,
         seed=config.seed,
         device=config.device,
+        local_sites=tuple(local_sites),
+        balance_sites=config.balance_sites,
     )
 
 
@@ -78,9 +83,10 @@ def registered_pairs(
     return SitePairs(register_pairs(pairs, threshold, progress=progress))
 
 
-def _run_folder(
+def run_folder(
     root: Path, kind: str, states: Sequence[PairState], options: TrainingOptions, size: int
 ) -> Path:
+    """The run folder of an experiment, named after its inputs (so a rerun resumes in it)."""
     digest = hashlib.sha256()
     for s in sorted(states, key=lambda s: s.pair.key):
         digest.update(f"{s.pair.key}:{s.score}".encode())
@@ -155,8 +161,8 @@ def augment(
     )
 
     size = image_size or tc.image_size
-    options = training_options(tc, max_epochs=max_epochs)
-    run = _run_folder(config.trainer_dir, "augment", [*local.usable, *ext.usable], options, size)
+    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,))
+    run = run_folder(config.trainer_dir, "augment", [*local.usable, *ext.usable], options, size)
     say(f"run folder: {run}")
     experiment = Experiment(config.trainer_dir / "cache", size, options, progress=progress)
     device = pick_device(tc.device)
@@ -265,9 +271,9 @@ def evaluate(
     test = registered_pairs(store, [site], tc.registration_threshold, progress=progress)
     ext = registered_pairs(store, external, tc.registration_threshold, progress=progress)
     size = image_size or tc.image_size
-    options = training_options(tc, max_epochs=max_epochs)
+    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,))
     experiment = Experiment(config.trainer_dir / "cache", size, options, progress=progress)
-    run = _run_folder(config.trainer_dir, "evaluate", [*test.usable, *ext.usable], options, size)
+    run = run_folder(config.trainer_dir, "evaluate", [*test.usable, *ext.usable], options, size)
     k, r = folds or tc.folds, repeats or tc.repeats
     label = f"{site}{' + ' + ', '.join(external) if external else ''} ({k}-fold CV x {r})"
     row = experiment.cross_validate(label, test.usable, ext.usable, run, folds=k, repeats=r)

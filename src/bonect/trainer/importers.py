@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from bonect.converter.dicom_reader import read_series_files
 from bonect.converter.volume import Volume, read_nifti
 from bonect.errors import BonectError
 from bonect.phantom.cohort import patient_id as phantom_patient_id
-from bonect.phantom.contrast import Contrast
-from bonect.phantom.generate import ORIENTATIONS, Acquisition, generate_case
+from bonect.phantom.generate import ORIENTATIONS, Acquisition, generate_case, patient_seed
+from bonect.phantom.variation import Family, Technique, draw_acquisition
 from bonect.trainer.sites import Site, SiteError, SiteStore, check_name, hashed_key
 
 logger = logging.getLogger(__name__)
@@ -248,21 +248,40 @@ def import_phantom(
     *,
     patients: int,
     seed: int,
-    contrast: Contrast = "zte",
-    mr_spacing: tuple[float, float, float] = PHANTOM_MR_SPACING,
+    family: Family = "classic",
+    contrast: Technique | None = None,
+    mr_spacing: tuple[float, float, float] | None = None,
     ct_spacing: tuple[float, float, float] = PHANTOM_CT_SPACING,
 ) -> ImportSummary:
-    """Render `patients` phantom patients of cohort `seed` (MR, and CT from another session)."""
-    site = store.create_site(site_name, "phantom", f"phantom cohort {seed}, {contrast}")
+    """Render `patients` phantom patients of cohort `seed` (MR, and CT from another session).
+
+    The ``classic`` family (:mod:`bonect.phantom.variation`) is the original phantom: ZTE unless
+    `contrast` says otherwise, on an MR grid of `mr_spacing` (default 2 × 1.6 × 1.6 mm) in
+    turns axial, sagittal and coronal. Any other family draws each patient's technique (unless
+    `contrast` fixes it) and MR acquisition (plane, voxel size, field of view; `mr_spacing`, when
+    given, replaces the drawn voxel size). The CT is axial on `ct_spacing` in every family.
+
+    Raises
+    ------
+    SiteError
+        For PETRA in the classic family, which has no PETRA contrast.
+    """
+    if family == "classic" and contrast == "petra":
+        raise SiteError("the classic phantom has no PETRA contrast: use --family wide or shifted")
+    technique = contrast or ("zte" if family == "classic" else None)
+    what = technique or "technique drawn"
+    origin = f"phantom cohort {seed}, " + (what if family == "classic" else f"{family}, {what}")
+    site = store.create_site(site_name, "phantom", origin)
     summary = ImportSummary(site.name)
     for index in tqdm(range(patients), desc=f"import {site.name}", unit="patient"):
-        orientation = ORIENTATIONS[index % len(ORIENTATIONS)]
+        acquisition = phantom_acquisition(seed, index, family, mr_spacing)
         case = generate_case(
             seed,
             index,
-            contrast=contrast,
-            acquisition=Acquisition(orientation, mr_spacing),
+            contrast=technique,
+            acquisition=acquisition,
             ct_acquisition=Acquisition("axial", ct_spacing),
+            family=family,
         )
         assert case.ct is not None
         pid = phantom_patient_id(seed, index)
@@ -276,13 +295,28 @@ def import_phantom(
             provenance={
                 "phantom_seed": seed,
                 "index": index,
-                "contrast": contrast,
-                "orientation": orientation,
+                "family": family,
+                "contrast": case.contrast,
+                "orientation": acquisition.orientation,
+                "mr_spacing": list(acquisition.spacing),
                 "paediatric": case.params.paediatric,
             },
         )
         summary.added.append(pid)
     return summary
+
+
+def phantom_acquisition(
+    seed: int, index: int, family: Family, spacing: tuple[float, float, float] | None
+) -> Acquisition:
+    """The MR acquisition of phantom patient `index`: classic, planes in turn on `spacing`;
+    other families, as :func:`~bonect.phantom.generate.generate_case` draws it (`spacing`, when
+    given, replacing the drawn voxel size)."""
+    if family == "classic":
+        orientation = ORIENTATIONS[index % len(ORIENTATIONS)]
+        return Acquisition(orientation, spacing or PHANTOM_MR_SPACING)
+    drawn = draw_acquisition(patient_seed(seed, index), family)
+    return drawn if spacing is None else replace(drawn, spacing=spacing)
 
 
 def _case_folders(path: Path) -> list[Path]:

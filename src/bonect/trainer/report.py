@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from bonect.converter.volume import read_nifti
 from bonect.figures import figure_one
 from bonect.metrics_report import format_table
@@ -38,6 +40,29 @@ def interval_table(rows: Sequence[Evaluation]) -> str:
             f"| {e.label} | {len(e.results)} | {e.trainings} | {_ci(e, 'mae', 1)} "
             f"| {_ci(e, 'pearson_r', 3)} | {_ci(e, 'bone_dice', 3)} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+_PER_PATIENT = (("MAE (HU)", "mae", 1), ("bone Dice", "bone_dice", 3), ("ME (HU)", "mean_error", 1))
+
+
+def _value(result: PatientResult, field: str) -> float:
+    return result.mean_error if field == "mean_error" else float(getattr(result.metrics, field))
+
+
+def patient_table(rows: Sequence[Evaluation]) -> str:
+    """Every test pair's MAE, bone Dice and mean signed error (ME, sCT - CT) under each row,
+    then the means; a pair scored in several repeats shows its mean over them."""
+    keys = list(dict.fromkeys(r.pair_key for e in rows for r in e.results))
+    header = ["test pair", *(f"{e.label}: {name}" for name, _, _ in _PER_PATIENT for e in rows)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for label, wanted in [*((k, {k}) for k in keys), ("**mean**", set(keys))]:
+        cells = [label]
+        for _, field, digits in _PER_PATIENT:
+            for e in rows:
+                values = [_value(r, field) for r in e.results if r.pair_key in wanted]
+                cells.append(f"{float(np.mean(values)):.{digits}f}" if values else "")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

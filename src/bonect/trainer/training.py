@@ -1,4 +1,5 @@
-"""The training loop of the paper: Adam, L1 / L2 / mix loss, patient split, early stop, resume.
+"""The training loop of the paper: Adam, a loss of :mod:`~bonect.trainer.losses`, patient split,
+early stop, resume.
 
 Slices come from the memory-mapped :mod:`~bonect.trainer.cache` (a batch is gathered, sorted for
 locality and copied into a float32 tensor by a background thread while the model works on the
@@ -6,7 +7,8 @@ previous one), are augmented on the device (:mod:`~bonect.trainer.batch_augmenta
 channels-last to the network; CUDA runs under autocast with a gradient scaler. Every epoch's
 randomness (order of the slices, augmentation) is seeded from ``(seed, epoch)``, and after every
 epoch ``checkpoint.pt`` is replaced atomically, so a run resumed after an interruption retraces
-the run that was not interrupted. The best weights (lowest validation loss) are kept.
+the run that was not interrupted. The best weights (lowest validation loss) are kept. With local
+and external sites together, epochs may draw both in equal share (:mod:`~bonect.trainer.sampling`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -46,15 +47,11 @@ from bonect.trainer.curves import (
     save_checkpoint,
     write_history,
 )
+from bonect.trainer.losses import LOSSES
+from bonect.trainer.sampling import EpochSampler
 
 logger = logging.getLogger(__name__)
 
-MIX_WEIGHT = 4.4  # L1 + 4.4·L2: about equal contributions (the paper)
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mae": F.l1_loss,
-    "mse": F.mse_loss,
-    "mix": lambda p, t: F.l1_loss(p, t) + MIX_WEIGHT * F.mse_loss(p, t),
-}
 Indices = npt.NDArray[np.int64]
 CURVE_EVERY_S = 300.0  # redraw loss_curve.png during a run at most this often; always at the end
 
@@ -77,7 +74,7 @@ class TrainingOptions:
 
     architecture: str = "light_unet"  # or "vgg16_unet"
     arguments: dict[str, Any] = field(default_factory=dict)  # for build_model and the manifest
-    loss: str = "mae"  # "mae" | "mse" | "mix" (L1 + 4.4·L2)
+    loss: str = "mae"  # "mae" | "mse" | "mix" (L1 + 4.4·L2) | "mae_bone" (L1, bone x2)
     batch_size: int = 128
     max_epochs: int = 100
     patience: int = 5  # early stop after this many epochs without validation improvement
@@ -88,6 +85,8 @@ class TrainingOptions:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     max_minutes: float | None = None  # stop after the epoch that exceeds it (from this call)
+    local_sites: tuple[str, ...] = ()  # pairs of these sites are local, any other external
+    balance_sites: bool = True  # epochs draw local and external slices in equal share
 
     def __post_init__(self) -> None:
         problems = []
@@ -167,6 +166,18 @@ def train(
         options.architecture, options.loss, len(split.train), len(split.train_patients),
         len(split.val), len(split.val_patients),
     )  # fmt: skip
+    sampler = EpochSampler.for_pairs(
+        pairs,
+        index,
+        split.train,
+        local_sites=options.local_sites,
+        balance=options.balance_sites,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        steps_per_epoch=options.steps_per_epoch,
+    )
+    if sampler.balanced:
+        logger.info("each epoch draws local and external slices in equal share")
     cuda = [device.index or 0] if device.type == "cuda" else []
     with (
         torch.random.fork_rng(devices=cuda),  # seed here without touching the caller's RNG
@@ -193,7 +204,7 @@ def train(
             epoch_started = time.monotonic()
             epoch = state.epoch + 1
             train_loss, rate = _train_epoch(
-                network, optimiser, scaler, index, split.train, options, epoch, device, progress
+                network, optimiser, scaler, index, sampler, options, epoch, device, progress
             )
             val_loss, val_mae = _validate(network, index, split.val, options, device)
             record = EpochRecord(
@@ -268,21 +279,12 @@ def _start_head_at_mean(network: nn.Module, index: SliceIndex, train: Indices, s
         head.bias.fill_(math.log(mean / (1 - mean)))
 
 
-def _epoch_batches(train: Indices, options: TrainingOptions, epoch: int) -> list[Indices]:
-    order = np.random.default_rng([options.seed, 3, epoch]).permutation(train)
-    size = options.batch_size
-    batches = [order[i : i + size] for i in range(0, len(order), size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches.pop()  # batch norm needs two slices
-    return batches[: options.steps_per_epoch]
-
-
 def _train_epoch(
     network: nn.Module,
     optimiser: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     index: SliceIndex,
-    train: Indices,
+    sampler: EpochSampler,
     options: TrainingOptions,
     epoch: int,
     device: torch.device,
@@ -293,7 +295,7 @@ def _train_epoch(
     loss_fn = LOSSES[options.loss]
     seed = int(np.random.SeedSequence([options.seed, 4, epoch]).generate_state(1)[0])
     generator = torch.Generator().manual_seed(seed)
-    batches = _epoch_batches(train, options, epoch)
+    batches = sampler.batches(epoch)
     amp = device.type == "cuda"
     total = torch.zeros((), device=device)
     seen = 0

@@ -40,12 +40,12 @@ from bonect.catalog.queue import Catalog
 from bonect.catalog.tables import SendStatus
 from bonect.config import Config
 from bonect.errors import BonectError
+from bonect.uncertainty import DEFAULT_THRESHOLD_HU
 from bonect.web.auth import USER_KEY, AccessMiddleware, Gate
 from bonect.web.formatting import FILTERS
 from bonect.web.models_view import figure_path, models_view
 from bonect.web.thumbnails import (
     PLANES,
-    UNCERTAIN_HU,
     UNCERTAINTY_FILE,
     Pictures,
     ThumbnailCache,
@@ -131,7 +131,9 @@ def _pictures(web: WebContext, row: web_queries.JobRow) -> Pictures | None:
     def render() -> Pictures:
         mr = [i.path for i in web.catalog.instances(row.series_uid)]
         sct = sorted(output.glob("CT_*.dcm")) if output.is_dir() else []
-        return render_job(mr, sct, output / UNCERTAINTY_FILE)
+        unsure = row.uncertainty
+        threshold = DEFAULT_THRESHOLD_HU if unsure is None else unsure.threshold_hu
+        return render_job(mr, sct, output / UNCERTAINTY_FILE, threshold_hu=threshold)
 
     return web.thumbnails.get((row.id, row.updated_at.isoformat()), render)
 
@@ -167,7 +169,7 @@ def job_page(request: Request) -> Response:
         instances=instances,
         pictures=_pictures(web, row),
         planes=PLANES,
-        uncertain_hu=UNCERTAIN_HU,
+        uncertain_hu=DEFAULT_THRESHOLD_HU,
         patient_name=_patient_name(row, web) if web.config.web.show_phi else "",
     )
 

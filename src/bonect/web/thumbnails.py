@@ -29,6 +29,7 @@ from highdicom import Volume, get_volume_from_series
 from PIL import Image
 
 from bonect.hounsfield import BONE_WINDOW, window_bounds
+from bonect.uncertainty import DEFAULT_THRESHOLD_HU, uncertain_share
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ KINDS: Final[tuple[Kind, ...]] = ("mr", "sct", "uncertainty")
 PLANES: Final[tuple[PlaneName, ...]] = ("axial", "coronal", "sagittal")
 ORIENTATION: Final = "FPL"  # axis 0 towards the feet, 1 towards the back, 2 towards the left
 UNCERTAINTY_FILE: Final = "uncertainty.nii.gz"
-UNCERTAIN_HU: Final = 100.0  # a voxel whose planes disagree by more than this is "unsure"
 UNCERTAINTY_SHOWN_HU: Final = 300.0
 HEAD_HU: Final = -400.0  # sCT voxels above this are inside the head
 SIZE: Final = 192  # the longer side of a thumbnail, in pixels
@@ -56,7 +56,7 @@ class Pictures:
 
     png: dict[Kind, dict[PlaneName, bytes]] = field(default_factory=dict)
     missing: dict[Kind, str] = field(default_factory=dict)
-    uncertain_share: float | None = None  # of the head's voxels above UNCERTAIN_HU
+    uncertain_share: float | None = None  # of the head's voxels above the threshold
 
 
 def read_dicom_volume(paths: Sequence[Path]) -> Volume:
@@ -149,9 +149,17 @@ def plane_images(
 
 
 def render_job(
-    mr_files: Sequence[Path], sct_files: Sequence[Path], uncertainty: Path | None
+    mr_files: Sequence[Path],
+    sct_files: Sequence[Path],
+    uncertainty: Path | None,
+    *,
+    threshold_hu: float = DEFAULT_THRESHOLD_HU,
 ) -> Pictures:
-    """The pictures of one job; a series that cannot be read is named in ``missing``."""
+    """The pictures of one job; a series that cannot be read is named in ``missing``.
+
+    ``threshold_hu``: the spread above which a voxel counts as unsure (the job's, see
+    :func:`bonect.uncertainty.threshold_hu`).
+    """
     pictures = Pictures()
     point: npt.NDArray[np.float64] | None = None
     try:
@@ -186,7 +194,7 @@ def render_job(
         )
         values = _array(spread)
         in_head = values > 0  # the converter leaves the spread at 0 outside the head
-        share = float(np.mean(values[in_head] > UNCERTAIN_HU)) if in_head.any() else 0.0
+        share = uncertain_share(values, in_head, threshold_hu)
         return Pictures(pictures.png, pictures.missing, share)
     except ThumbnailError as exc:
         pictures.missing["uncertainty"] = f"the uncertainty map could not be drawn: {exc}"
