@@ -4,7 +4,8 @@ Three families (:mod:`bonect.phantom.variation`, ranges in ``README.md`` beside 
 ``classic``, described below, is one template with fixed contrasts; ``wide`` randomises
 technique, tissue signals, the bone curve, artefacts, resolution, field of view, pose, age,
 anatomy part by part and pathology (:mod:`bonect.phantom.pathology`), and is what the
-demo-model script trains on by default; ``shifted`` draws from disjoint ranges, to test on what was never trained on.
+demo-model script trains on by default; ``shifted`` draws from disjoint ranges, to test on
+what was never trained on.
 
 Why it exists: bonect must prove that its U-Net earns its place, so the phantom is built to
 defeat any per-voxel intensity map. On bone MR, air, cortical bone, teeth and short-T2 soft
