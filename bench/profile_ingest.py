@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     totals: dict[str, list[float]] = {}
     scp._Handlers.on_store = _timed(totals, "handler (on_store)", scp._Handlers.on_store)
     archive.Archive.write = _timed(totals, "  archive.write", archive.Archive.write)
+    archive.Archive.adopt = _timed(  # a C-STORE's data set, streamed to a file
+        totals, "  archive.adopt", archive.Archive.adopt
+    )
     archive.fsync_dir = _timed(totals, "    fsync of the folder", archive.fsync_dir)
     queue.Catalog.record_instance = _timed(
         totals, "  sink: catalog.record_instance", queue.Catalog.record_instance

@@ -1,6 +1,8 @@
 """Every benchmark in turn, each as its own command; the reports are also kept in bench/out/.
 
-    python bench/run_all.py [--quick] [--runs N] [--only ingest,convert,end_to_end,send,train]
+    python bench/run_all.py [--quick] [--runs N] [--only ingest,send,convert,end_to_end,...]
+
+``--only`` takes a comma-separated list of: ingest, send, convert, end_to_end, train, workers.
 
 Extra arguments after ``--`` go to every benchmark. The conversion runs at 256 x 256 x 200 only;
 the 512 x 512 x 400 volume (``python bench/convert.py --sizes 512``) adds about 15 minutes.
@@ -21,6 +23,7 @@ BENCHMARKS = {
     "convert": ["--sizes", "256"],
     "end_to_end": [],
     "train": [],
+    "workers": [],  # needs PostgreSQL (tests/catalog/postgres.py); says "skipped" without it
 }
 
 

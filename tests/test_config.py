@@ -174,6 +174,18 @@ x = 1
     assert "destinations.0.colour: Extra inputs are not permitted" in problems
 
 
+def test_the_dataset_size_limit_is_read_and_checked(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path / "empty.toml", "")).storage.max_dataset_mb == 2048
+    set_ = write(tmp_path / "set.toml", "[storage]\nmax_dataset_mb = 300\n")
+    assert load_config(set_).storage.max_dataset_mb == 300
+    for bad, message in [("0", "greater than or equal to 1"), ('"big"', "valid integer")]:
+        path = write(tmp_path / "bad.toml", f"[storage]\nmax_dataset_mb = {bad}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        (problem,) = [line.strip() for line in str(info.value).splitlines()[1:]]
+        assert problem.startswith("storage.max_dataset_mb: ") and message in problem, problem
+
+
 def test_listening_beyond_loopback_needs_an_allow_list(tmp_path: Path) -> None:
     path = write(tmp_path / "config.toml", '[node]\nhost = "0.0.0.0"\n')
     with pytest.raises(ConfigError, match=r"security\.allowed_networks"):

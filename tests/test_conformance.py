@@ -17,7 +17,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from bonect.config import NodeConfig, SourceConfig
+from bonect.config import NodeConfig, SourceConfig, StorageConfig
 from bonect.converter.uncertainty_object import SOP_CLASS
 from bonect.daemon.scp import ACCEPTED_TRANSFER_SYNTAXES
 from bonect.dicom.files import file_meta_for
@@ -86,6 +86,7 @@ def test_the_sop_classes_and_syntaxes_as_scu() -> None:
             "sources.max_associations",
             SourceConfig(name="s", ae_title="S", host="h", port=1).max_associations,
         ),
+        ("storage.max_dataset_mb", StorageConfig().max_dataset_mb),
     ],
 )
 def test_the_association_policies_are_the_config_defaults(key: str, default: float) -> None:

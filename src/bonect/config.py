@@ -62,6 +62,7 @@ class StorageConfig(BaseModel, frozen=True, extra="forbid"):
     reserve_mb: int = Field(default=1024, ge=0)  # refuse new data below this much free disk
     retention_days: float = Field(default=30.0, ge=0)  # 0 keeps processed data forever
     fsync: bool = True  # a received instance is on disk before success is answered
+    max_dataset_mb: int = Field(default=2048, ge=1)  # a larger instance is refused (0xA700)
 
 
 class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
@@ -113,6 +114,9 @@ class AuditConfig(BaseModel, frozen=True, extra="forbid"):
 
 class CatalogConfig(BaseModel, frozen=True, extra="forbid"):
     url: str = ""
+    # a worker renews its claim on a job every third of this; a dead one's job is taken over
+    # by another worker once it ends
+    lease_seconds: float = Field(default=120.0, ge=1)
 
 
 class SettleConfig(BaseModel, frozen=True, extra="forbid"):

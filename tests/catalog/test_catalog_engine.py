@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,6 +90,7 @@ def test_a_catalog_of_an_earlier_version_gets_the_new_columns(db_url: str) -> No
         conn.execute(text("ALTER TABLE jobs DROP COLUMN output_series_uid"))
         conn.execute(text("ALTER TABLE jobs DROP COLUMN uncertain_share"))
         conn.execute(text("ALTER TABLE jobs DROP COLUMN uncertainty_threshold_hu"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN lease_until"))
     assert "calling_ae" not in {c["name"] for c in inspect(engine).get_columns("series")}
     engine.dispose()
 
@@ -102,5 +103,7 @@ def test_a_catalog_of_an_earlier_version_gets_the_new_columns(db_url: str) -> No
         job = upgraded.job(job_id)
         assert job is not None and job.output_series_uid is None
         assert job.uncertainty is None
+        claimed = upgraded.claim_next(START, "w1", lease=timedelta(seconds=60))
+        assert claimed is not None and claimed.lease_until == START + timedelta(seconds=60)
     finally:
         upgraded.close()

@@ -118,6 +118,7 @@ def start_node(tmp_path: Path) -> Iterator[StartNode]:
             sink=sink,
             reserve_bytes=kwargs.pop("reserve_bytes", 0),
             free_bytes=disk.free_bytes,
+            max_dataset_bytes=kwargs.pop("max_dataset_bytes", 2**31),
             clock=lambda: NOW,
         )
         server = StorageServer.start(

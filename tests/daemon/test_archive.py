@@ -41,6 +41,34 @@ def test_open_creates_folders_and_write_stores_the_exact_bytes(tmp_path: Path) -
     assert list(path.parent.iterdir()) == [path]  # no temporary file left
 
 
+def test_adopt_renames_a_file_on_the_same_file_system_into_place(tmp_path: Path) -> None:
+    archive = Archive.open(tmp_path / "var")
+    received = tmp_path / "received.dcm"
+    received.write_bytes(b"as received")
+
+    path = archive.adopt(_ref(), received)
+
+    assert path == archive.path_for(_ref()) and path.read_bytes() == b"as received"
+    assert not received.exists()  # renamed, not copied
+    assert list(path.parent.iterdir()) == [path]
+
+
+def test_adopt_copies_a_file_from_another_file_system(tmp_path: Path) -> None:
+    elsewhere = Path("/dev/shm")
+    if not elsewhere.is_dir() or elsewhere.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the tests' temporary folder")
+    archive = Archive.open(tmp_path / "var")
+    received = elsewhere / f"bonect-test-{os.getpid()}.dcm"
+    received.write_bytes(b"x" * 3_000_000)
+    try:
+        path = archive.adopt(_ref(), received)
+        assert path.read_bytes() == b"x" * 3_000_000
+        assert received.exists()  # copied: its owner (pynetdicom) deletes it
+        assert list(path.parent.iterdir()) == [path]  # no .part file left
+    finally:
+        received.unlink()
+
+
 @pytest.mark.parametrize("fsync", [True, False])
 def test_fsync_flushes_file_and_folder_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool

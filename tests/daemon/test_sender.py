@@ -68,7 +68,7 @@ class FakePacs:
         uid = str(event.request.AffectedSOPInstanceUID)
         if uid in self.stall:
             self.unstall.wait(30)
-        self.received[uid] = event.encoded_dataset(include_meta=False)
+        self.received[uid] = _data_set_bytes(event)
         return self.statuses.get(uid, 0x0000)
 
     @property
@@ -110,6 +110,13 @@ def node(port: int, ae_title: str = "PACS") -> DestinationNode:
 def dataset_bytes(path: Path) -> bytes:
     _, offset = split_dataset(path)
     return path.read_bytes()[offset:]
+
+
+def _data_set_bytes(event: Event) -> bytes:
+    """The data set as sent, in either of pynetdicom's receive modes (a Storage SCP started in
+    this process streams every received data set to a file)."""
+    path = event.dataset_path  # None when pynetdicom was not asked to stream
+    return event.encoded_dataset(include_meta=False) if path is None else dataset_bytes(path)
 
 
 def mr_files(

@@ -14,6 +14,13 @@ the ``claimed_by`` and ``claimed_at`` of the :class:`JobRecord` it was given; a 
 worker whose job was taken from it (requeued as an orphan and claimed again) raises
 :class:`ClaimLost`.
 
+A claim may carry a *lease* (``lease_until``): the worker renews it while it works
+(:meth:`JobLifecycle.renew_lease`), and a job in flight whose lease has ended is queued again
+by the next claim of any worker (:func:`expire_leases`, in the claim's own transaction), keeping
+its place in the queue; so the job of a worker that died on another host is taken over within
+one lease, without that host coming back. A claim without a lease is held until its holder
+reports, or until :meth:`JobLifecycle.requeue_orphans` runs on its host's next start.
+
 Of the jobs of one series only the newest generation is ever claimable, and never while
 another job of the series is in flight; claiming it supersedes the unfinished older ones. So
 on PostgreSQL, where two claims really run at once, the row lock on that one candidate is all
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +86,31 @@ def claimable_jobs(now: datetime) -> Select[int]:
         .limit(1)
         .with_for_update(skip_locked=True)
     )
+
+
+def expire_leases(session: Session, now: datetime) -> list[int]:
+    """Queue again the jobs in flight whose lease ended before ``now``; returns their ids.
+
+    Their holder stopped renewing (it died, hangs, or lost the catalog); the job keeps its
+    ``not_before``, so it is the next one claimed, and its output so far (``output_dir``, the
+    sends stored) is resumed as after a restart. Rows another transaction holds are skipped
+    (``SKIP LOCKED``): a holder renewing its lease right now keeps it.
+    """
+    rows = session.scalars(
+        select(Job)
+        .where(Job.state.in_(IN_FLIGHT), Job.lease_until < now)
+        .order_by(Job.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        ended = row.lease_until.isoformat(timespec="seconds") if row.lease_until else "?"
+        reason = f"requeued: the lease of {row.claimed_by} ended at {ended}"
+        transition(row, JobState.QUEUED, now=now, reason=reason)
+        row.lease_until = None
+    if rows:
+        session.flush()
+        logger.warning("jobs whose lease ended queued again: %s", [row.id for row in rows])
+    return [row.id for row in rows]
 
 
 def supersede_older(session: Session, job: Job, now: datetime) -> int:
@@ -155,11 +187,13 @@ def move(
     row = session.get(Job, job_id, with_for_update=True)
     if row is None:
         raise UnknownJob(job_id)
-    held = (row.claimed_by, row.claimed_at)
-    in_flight = JobState(row.state) in IN_FLIGHT
-    if in_flight and isinstance(job, JobRecord) and held != (job.claimed_by, job.claimed_at):
-        raise ClaimLost(job_id, row.claimed_by)
+    if isinstance(job, JobRecord) and job.state in IN_FLIGHT:  # a holder's report
+        held = (row.claimed_by, row.claimed_at)
+        if JobState(row.state) not in IN_FLIGHT or held != (job.claimed_by, job.claimed_at):
+            raise ClaimLost(job_id, row.claimed_by)
     transition(row, new, now=now, reason=reason)
+    if new not in IN_FLIGHT:
+        row.lease_until = None
     for key, value in changes.items():
         setattr(row, key, value)
     session.flush()
@@ -179,15 +213,21 @@ class JobLifecycle:
                 raise SeriesError(f"unknown series {series_uid}", series_uid=series_uid)
             return enqueue(session, series, now)
 
-    def claim_next(self, now: datetime, worker_id: str) -> JobRecord | None:
+    def claim_next(
+        self, now: datetime, worker_id: str, *, lease: timedelta | None = None
+    ) -> JobRecord | None:
         """Take the oldest claimable job (``running``, attempts + 1), or None if there is none.
 
         A job is claimable when queued, or waiting to retry and due; never while another job
-        of the same series is in flight.
+        of the same series is in flight. Jobs in flight whose lease ended are queued again
+        first (:func:`expire_leases`). With ``lease`` the claim ends at ``now + lease`` unless
+        renewed (:meth:`renew_lease`); without, it has no end.
         """
         candidates = claimable_jobs(now)
+        lease_until = None if lease is None else now + lease
         for _ in range(_CLAIM_RACES):
             with self._write.begin() as session:
+                expire_leases(session, now)
                 job_id = session.scalar(candidates)
                 if job_id is None:
                     return None
@@ -198,6 +238,7 @@ class JobLifecycle:
                         state=JobState.RUNNING,
                         claimed_by=worker_id[:128],
                         claimed_at=now,
+                        lease_until=lease_until,
                         updated_at=now,
                         finished_at=None,
                         attempts=Job.attempts + 1,
@@ -215,6 +256,34 @@ class JobLifecycle:
                     return JobRecord.from_row(row)
             logger.debug("job %d was claimed by another worker first", job_id)
         return None
+
+    def renew_lease(self, job: JobRecord, *, now: datetime, lease: timedelta) -> datetime:
+        """Extend the lease of a job its holder still holds to ``now + lease``; returns that end.
+
+        Raises
+        ------
+        ClaimLost
+            The job is no longer ``job``'s claim: its lease ended and it was queued again
+            (and perhaps claimed by another worker), or it was requeued as an orphan.
+        """
+        until = now + lease
+        with self._write.begin() as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job.id,
+                    Job.state.in_(IN_FLIGHT),
+                    Job.claimed_by == job.claimed_by,
+                    Job.claimed_at == job.claimed_at,
+                )
+                .values(lease_until=until)
+                .execution_options(synchronize_session=False)
+            )
+            if int(getattr(result, "rowcount", 0) or 0) != 1:
+                raise ClaimLost(
+                    job.id, session.scalar(select(Job.claimed_by).where(Job.id == job.id))
+                )
+        return until
 
     def _move(
         self,
@@ -298,6 +367,7 @@ class JobLifecycle:
                 holder = row.claimed_by
                 transition(row, JobState.QUEUED, now=now, reason=f"requeued: {holder} stopped")
                 row.not_before = now
+                row.lease_until = None
                 requeued.append(row.id)
         if requeued:
             logger.warning("requeued %d job(s) left in flight: %s", len(requeued), requeued)

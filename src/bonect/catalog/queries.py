@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, joinedload, selectinload, sessionmaker
 
-from bonect.catalog.jobs import CLAIMABLE, JobState
+from bonect.catalog.jobs import CLAIMABLE, IN_FLIGHT, JobState
 from bonect.catalog.records import (
     InstanceRecord,
     JobRecord,
@@ -120,6 +120,15 @@ class CatalogQueries:
         query = query.order_by(Job.id.desc()).limit(limit)
         with self._read() as session:
             return [JobRecord.from_row(row) for row in session.scalars(query)]
+
+    def holders_in_flight(self, claimed_by_prefix: str = "") -> set[str]:
+        """The workers (``claimed_by``) that hold a job in flight, those starting with a prefix."""
+        query = select(Job.claimed_by).where(
+            Job.state.in_(IN_FLIGHT),
+            Job.claimed_by.startswith(claimed_by_prefix, autoescape=True),
+        )
+        with self._read() as session:
+            return {holder for holder in session.scalars(query.distinct()) if holder is not None}
 
     def earlier_jobs(self, job: JobRef) -> list[JobRecord]:
         """The jobs of earlier generations of ``job``'s series, oldest first."""

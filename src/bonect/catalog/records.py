@@ -158,6 +158,7 @@ class JobRecord:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     output_series_uid: str | None = None  # the sCT series this job wrote
     uncertainty: UncertaintySummary | None = None  # None: no planes, or not yet converted
+    lease_until: datetime | None = None  # in flight: the claim ends then unless renewed
 
     @classmethod
     def from_row(cls, row: Job) -> JobRecord:
@@ -180,6 +181,7 @@ class JobRecord:
             timings=json.loads(row.timings) if row.timings else {},
             output_series_uid=row.output_series_uid,
             uncertainty=UncertaintySummary.from_row(row),
+            lease_until=row.lease_until,
         )
 
 

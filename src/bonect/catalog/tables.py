@@ -177,6 +177,9 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # in flight: the holder's claim ends then unless renewed, and the job is queued again;
+    # None: no lease (held until reported, or until its host's daemon starts again)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

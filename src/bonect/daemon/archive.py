@@ -9,6 +9,10 @@ speed):
 
     <root>/incoming/<study uid>/<series uid>/<sop instance uid>.dcm
 
+:meth:`Archive.adopt` does the same for an instance already in a file (a C-STORE data set
+streamed to disk, :mod:`bonect.daemon.incoming`): renamed into place when it is on the same file
+system, copied otherwise.
+
 Writing the same instance twice replaces the file with the new bytes (a peer re-sending an
 instance is normal), so the archive never holds two copies of one SOP Instance UID.
 """
@@ -16,6 +20,7 @@ instance is normal), so the archive never holds two copies of one SOP Instance U
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -29,6 +34,7 @@ from bonect.dicom.uids import InvalidUIDError, validate_uid
 logger = logging.getLogger(__name__)
 
 INCOMING = "incoming"
+_COPY_CHUNK = 1024 * 1024
 
 
 class Archive:
@@ -94,10 +100,7 @@ class Archive:
             ``header`` holds a UID that is not valid.
         """
         path = self.path_for(header)
-        for folder in self._missing_folders(path.parent):
-            folder.mkdir(exist_ok=True)
-            if self._fsync:
-                fsync_dir(folder.parent)
+        self._make_folders(path.parent)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -114,6 +117,59 @@ class Archive:
             fsync_dir(path.parent)
         logger.debug("archived %s (%d bytes) at %s", header.sop_instance_uid, len(encoded), path)
         return path
+
+    def adopt(self, header: InstanceHeader, source: Path) -> Path:
+        """Store the file ``source`` (an instance as received) durably and return its path.
+
+        ``source`` is fsync'd and renamed into place when it is on the archive's file system,
+        else copied (as :meth:`write` does, through a ``.part`` file) and left for its owner to
+        delete; then the folder is fsync'd. (Without ``fsync``, the same steps without them.)
+
+        Raises
+        ------
+        OSError
+            The disk refused, or ``source`` cannot be read.
+        InvalidUIDError
+            ``header`` holds a UID that is not valid.
+        """
+        path = self.path_for(header)
+        self._make_folders(path.parent)
+        if self._fsync:
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            os.replace(source, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self._copy_in(source, path)
+        if self._fsync:
+            fsync_dir(path.parent)
+        logger.debug("archived %s (from %s) at %s", header.sop_instance_uid, source, path)
+        return path
+
+    def _make_folders(self, folder: Path) -> None:
+        for missing in self._missing_folders(folder):
+            missing.mkdir(exist_ok=True)
+            if self._fsync:
+                fsync_dir(missing.parent)
+
+    def _copy_in(self, source: Path, path: Path) -> None:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f, source.open("rb") as src:
+                shutil.copyfileobj(src, f, _COPY_CHUNK)
+                f.flush()
+                if self._fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise
 
     def remove_partial_writes(self) -> int:
         """Delete the ``.*.part`` files a killed process left behind; how many there were.

@@ -6,7 +6,8 @@ the running process). Each command is a thin adapter over a function tests call 
 what ``status`` and ``jobs`` print is composed in :mod:`bonect.daemon.status_report`.
 
 Exit codes: 0 success; 1 an error, or a destination that did not answer ``echo``; 70 an
-unexpected failure; 78 (EX_CONFIG) a bad configuration, on which systemd does not restart.
+unexpected failure; 78 (EX_CONFIG) a bad configuration, on which systemd does not restart
+(``start --role receiver|worker`` on a SQLite catalog is one).
 """
 
 from __future__ import annotations
@@ -179,12 +180,35 @@ def model_summary(config: Config) -> str:
 # -- commands --------------------------------------------------------------------------------
 
 
+ROLES = ("all", "receiver", "worker")
+ROLES_HELP = (
+    "what this host runs: all (default: one host does everything); receiver (the DICOM port, "
+    "drop folder, priors, settling and queueing; converts nothing); worker (converts and "
+    "sends; opens no DICOM port). receiver and worker share a PostgreSQL [catalog] url and "
+    "the storage dir (a shared file system) with the other hosts"
+)
+
+
+def role_problem(role: str, config: Config) -> str | None:
+    """Why ``config`` cannot run ``--role role``, as ``section.key: message``; None if it can."""
+    if role != "all" and not config.catalog.url.strip():
+        return (
+            f"catalog.url: --role {role} needs a catalog the other hosts share (postgresql://…); "
+            "SQLite in storage.dir is for one host (--role all)"
+        )
+    return None
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     path, config = _checked(args)  # first: a bad config exits 78 before the heavy imports
+    if (problem := role_problem(args.role, config)) is not None:
+        raise ConfigError(f"{path}: {problem}")
     from bonect.converter.inference import set_threads
     from bonect.daemon.echo_watch import start_echo_thread
+    from bonect.daemon.incoming import RECEIVING, receive_into
     from bonect.daemon.node import Node
     from bonect.daemon.priors import start_priors_thread
+    from bonect.daemon.roles import NodeRole
 
     set_threads(config.converter.threads)
     # patient data: nothing we write is for other users, whatever the shell's umask (the unit
@@ -199,8 +223,11 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    logger.info("bonect %s starting from %s", __version__, path)
-    node = Node.open(config)
+    logger.info("bonect %s starting from %s as %s", __version__, path, args.role)
+    role = NodeRole(args.role)
+    if role.receives:  # data sets stream to the storage disk, not to a /tmp that may be memory
+        receive_into(config.storage.dir / RECEIVING)
+    node = Node.open(config, role=role)
     web = None
     try:
         if config.metrics.enabled:
@@ -208,8 +235,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         if config.web.enabled:  # the status page, on a thread (bonect.web)
             from bonect.web.server import WebServer
 
-            web = WebServer.start(config, node.catalog, model_label=lambda: node.models.label)
-        priors = start_priors_thread(node, stop)  # [[sources]]: on its own thread
+            web = WebServer.start(config, node.catalog, model_label=lambda: node.model_label)
+        priors = None
+        if node.role.receives:  # their C-MOVE answers come to this host's DICOM port
+            priors = start_priors_thread(node, stop)  # [[sources]]: on its own thread
         start_echo_thread(node, stop)  # a C-ECHO of every peer now and then, for the page
         node.run(stop)
         if priors is not None:
@@ -242,6 +271,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"timeout {node.idle_timeout_seconds:g} s"
     )
     print(f"  storage {config.storage.dir}, catalog {config.catalog.url or 'SQLite in storage'}")
+    if config.catalog.url.strip():
+        print(
+            f"  start --role all|receiver|worker on each host; a dead worker's job is taken "
+            f"over after its {config.catalog.lease_seconds:g} s lease"
+        )
+    else:
+        print("  start --role all only (receiver and worker hosts need a PostgreSQL catalog)")
     print(f"  model {config.converter.model} on {config.converter.device}")
     print(f"  destinations: {destinations or 'none (the sCT is only archived)'}")
     if config.sender.return_to_sender:
@@ -366,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
 
-    command("start", "run the node in the foreground (under systemd)").set_defaults(
-        handler=cmd_start
-    )
+    start = command("start", "run the node in the foreground (under systemd)")
+    start.add_argument("--role", choices=ROLES, default="all", help=ROLES_HELP)
+    start.set_defaults(handler=cmd_start)
     command("status", "queue by state, model in use, timings of the last job, errors").set_defaults(
         handler=cmd_status
     )

@@ -3,6 +3,12 @@
 :meth:`Node.open` builds everything from the config (I/O happens there, not in constructors);
 :meth:`Node.step` does one round of settling, converting and housekeeping at a given time, and
 :meth:`Node.run` repeats it until the stop flag is set (by SIGTERM in ``bonect-daemon start``).
+
+One host runs it all (:class:`NodeRole` ``all``). Several hosts on one PostgreSQL catalog and a
+shared archive split it: ``receiver`` hosts run the SCP, the drop folder, settling and queueing;
+``worker`` hosts open no DICOM port and only convert and send, taking jobs over from a dead
+worker once its lease ends (:mod:`bonect.daemon.lease`, :mod:`bonect.daemon.roles`). (Over 400
+lines: the assembly of every part, in the order a start needs, reads best in one place.)
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import torch
 
 from bonect.audit import AuditEvent, AuditTrail, Participant, audit_trail
 from bonect.catalog.engine import catalog_url
@@ -29,9 +38,11 @@ from bonect.daemon.dropfolder import DropFolder
 from bonect.daemon.model_holder import ModelHolder
 from bonect.daemon.prometheus import NodeMetrics
 from bonect.daemon.receive import Receiver
+from bonect.daemon.roles import NodeRole, requeue_own_orphans
 from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
 from bonect.daemon.sender import RetryPolicy, SendTimeouts
 from bonect.daemon.settle import settle_once
+from bonect.daemon.simulated import ENVIRONMENT_VARIABLE, simulated_forward_seconds
 from bonect.daemon.worker import Route, Worker, WorkerSettings
 from bonect.dicom.header import InstanceHeader
 from bonect.errors import BonectError, RetryableError
@@ -46,6 +57,88 @@ HOUSEKEEPING = timedelta(minutes=10)  # between two rounds of housekeeping
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _start_server(
+    config: Config, receiver: Receiver, audit: AuditTrail | None
+) -> tuple[StorageServer, ssl.SSLContext | None]:
+    """The Storage SCP on ``[node]``'s port, with ``[security]``'s TLS and allow-lists."""
+    security = config.security
+    tls = None
+    if security.tls_certificate is not None and security.tls_key is not None:
+        tls = server_tls_context(security.tls_certificate, security.tls_key, security.tls_ca)
+    server = StorageServer.start(
+        ae_title=config.node.ae_title,
+        host=config.node.host,
+        port=config.node.port,
+        receiver=receiver,
+        policy=access_policy(config),
+        ssl_context=tls,
+        limits=ConnectionLimits(
+            max_associations=config.node.max_associations,
+            max_pending=config.node.max_pending_connections,
+            request_timeout=config.node.request_timeout_seconds,
+        ),
+        network_timeout=config.node.idle_timeout_seconds,
+        audit=audit,
+    )
+    if security.allow_any_peer:
+        logger.warning("allow_any_peer is set: any address may store to %s", config.node.ae_title)
+    return server, tls
+
+
+def _open_worker(
+    config: Config,
+    *,
+    name: str,
+    catalog: Catalog,
+    outgoing: Path,
+    models: ModelHolder,
+    device: torch.device,
+    clock: Callable[[], datetime],
+    metrics: NodeMetrics,
+    audit: AuditTrail | None,
+) -> Worker:
+    """The worker and sender, with ``[sender]``'s retries and ``[catalog]``'s lease."""
+    sender = config.sender
+    simulated = simulated_forward_seconds(os.environ)
+    if simulated is not None:
+        logger.warning(
+            "%s is set: each conversion is a %g s sleep and its sCT is air (tests and "
+            "benchmarks only)",
+            ENVIRONMENT_VARIABLE,
+            simulated,
+        )
+    settings = WorkerSettings(
+        calling_ae=config.node.ae_title,
+        destinations=[Route.from_config(d) for d in config.destinations],
+        planes=config.converter.planes,
+        batch_size=config.converter.batch_size,
+        device=device,
+        retry=RetryPolicy(
+            initial_seconds=sender.retry_initial_seconds, cap_seconds=sender.retry_max_seconds
+        ),
+        max_attempts=sender.max_attempts,
+        timeouts=SendTimeouts(dimse=sender.dimse_timeout_seconds),
+        return_to_sender=sender.return_to_sender,
+        lease=timedelta(seconds=config.catalog.lease_seconds),
+        simulated_forward_seconds=simulated,
+    )
+    idle = [d.name for d in config.destinations if d.receives == "returns"]
+    if idle and not sender.return_to_sender:
+        logger.warning(
+            "destination(s) %s only receive returns, but sender.return_to_sender is off", idle
+        )
+    return Worker(
+        name=name,
+        catalog=catalog,
+        outgoing=outgoing,
+        models=models,
+        settings=settings,
+        clock=clock,
+        metrics=metrics,
+        audit=audit,
+    )
 
 
 class CatalogSink:
@@ -122,111 +215,93 @@ class Node:
     catalog: Catalog
     archive: Archive
     outgoing: Path
-    server: StorageServer
-    worker: Worker
-    models: ModelHolder
-    dropfolder: DropFolder
+    server: StorageServer | None  # None: a worker host (no DICOM port)
+    worker: Worker | None  # None: a receiver host (converts nothing)
+    models: ModelHolder | None  # None: a receiver host
+    dropfolder: DropFolder | None  # None: a worker host
     metrics: NodeMetrics
     wake: threading.Event
     clock: Callable[[], datetime]
     audit: AuditTrail | None = None  # [audit]: the security-relevant events
+    role: NodeRole = NodeRole.ALL
     last_housekeeping: datetime | None = None
     backoff: RetryPolicy = STEP_BACKOFF  # after a failed step
     failed_steps: int = 0  # steps in a row that failed
     resume_at: datetime | None = None  # no step before this, after a failed one
 
     @classmethod
-    def open(cls, config: Config, *, clock: Callable[[], datetime] = utc_now) -> Node:
+    def open(
+        cls,
+        config: Config,
+        *,
+        role: NodeRole = NodeRole.ALL,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> Node:
         storage = config.storage.dir
         storage.mkdir(parents=True, exist_ok=True)
         catalog = Catalog.open(catalog_url(storage, config.catalog.url))
         worker_prefix = f"{socket.gethostname()}:"
-        requeued = catalog.requeue_orphans(clock(), claimed_by_prefix=worker_prefix)
-        if requeued:
-            logger.warning("jobs left running by a stopped process queued again: %s", requeued)
+        if role.converts:
+            requeued = requeue_own_orphans(catalog, clock(), worker_prefix)
+            if requeued:
+                logger.warning("jobs left running by a stopped process queued again: %s", requeued)
         audit = audit_trail(config, process="daemon")
         archive = Archive.open(storage / "archive", fsync=config.storage.fsync)
-        archive.remove_partial_writes()  # a killed process's; before anything is received
-        cut = catalog.associations_cut_by_a_stop(clock())
-        if cut:
-            logger.warning(
-                "%d series were being received when the daemon stopped: they wait for the rest "
-                "(settle.aborted_quiet_seconds) unless their expected count is reached",
-                cut,
-            )
+        if role.receives:  # a worker host leaves the receivers' files and associations alone
+            archive.remove_partial_writes()  # a killed process's; before anything is received
+            cut = catalog.associations_cut_by_a_stop(clock())
+            if cut:
+                logger.warning(
+                    "%d series were being received when the daemon stopped: they wait for the "
+                    "rest (settle.aborted_quiet_seconds) unless their expected count is reached",
+                    cut,
+                )
         outgoing = storage / "outgoing"
         outgoing.mkdir(parents=True, exist_ok=True)
         device = pick_device(config.converter.device)
-        models = ModelHolder.open(config.converter.model, config.model_registry, device)
-        metrics = NodeMetrics.create(catalog, model_label=lambda: models.label, clock=clock)
+        models = None
+        if role.converts:
+            models = ModelHolder.open(config.converter.model, config.model_registry, device)
+        metrics = NodeMetrics.create(
+            catalog,
+            model_label=lambda: models.label if models is not None else "none (receiver)",
+            clock=clock,
+        )
         wake = threading.Event()
-        receiver = Receiver(
-            archive=archive,
-            sink=CatalogSink(catalog, wake, metrics),
-            reserve_bytes=config.storage.reserve_mb * 1024 * 1024,
-            clock=clock,
-        )
-        security = config.security
-        tls = None
-        if security.tls_certificate is not None and security.tls_key is not None:
-            tls = server_tls_context(security.tls_certificate, security.tls_key, security.tls_ca)
-        server = StorageServer.start(
-            ae_title=config.node.ae_title,
-            host=config.node.host,
-            port=config.node.port,
-            receiver=receiver,
-            policy=access_policy(config),
-            ssl_context=tls,
-            limits=ConnectionLimits(
-                max_associations=config.node.max_associations,
-                max_pending=config.node.max_pending_connections,
-                request_timeout=config.node.request_timeout_seconds,
-            ),
-            network_timeout=config.node.idle_timeout_seconds,
-            audit=audit,
-        )
-        if security.allow_any_peer:
-            logger.warning(
-                "allow_any_peer is set: any address may store to %s", config.node.ae_title
+        server = dropfolder = tls = None
+        if role.receives:
+            receiver = Receiver(
+                archive=archive,
+                sink=CatalogSink(catalog, wake, metrics),
+                reserve_bytes=config.storage.reserve_mb * 1024 * 1024,
+                max_dataset_bytes=config.storage.max_dataset_mb * 1024 * 1024,
+                clock=clock,
             )
-        sender = config.sender
-        settings = WorkerSettings(
-            calling_ae=config.node.ae_title,
-            destinations=[Route.from_config(d) for d in config.destinations],
-            planes=config.converter.planes,
-            batch_size=config.converter.batch_size,
-            device=device,
-            retry=RetryPolicy(
-                initial_seconds=sender.retry_initial_seconds, cap_seconds=sender.retry_max_seconds
-            ),
-            max_attempts=sender.max_attempts,
-            timeouts=SendTimeouts(dimse=sender.dimse_timeout_seconds),
-            return_to_sender=sender.return_to_sender,
-        )
-        idle = [d.name for d in config.destinations if d.receives == "returns"]
-        if idle and not sender.return_to_sender:
-            logger.warning(
-                "destination(s) %s only receive returns, but sender.return_to_sender is off",
-                idle,
+            server, tls = _start_server(config, receiver, audit)
+            dropfolder = DropFolder.open(storage, receiver=receiver)
+        worker = None
+        if models is not None:
+            worker = _open_worker(
+                config,
+                name=f"{worker_prefix}{os.getpid()}:0",
+                catalog=catalog,
+                outgoing=outgoing,
+                models=models,
+                device=device,
+                clock=clock,
+                metrics=metrics,
+                audit=audit,
             )
-        worker = Worker(
-            name=f"{worker_prefix}{os.getpid()}:0",
-            catalog=catalog,
-            outgoing=outgoing,
-            models=models,
-            settings=settings,
-            clock=clock,
-            metrics=metrics,
-            audit=audit,
+        where = (
+            "no DICOM port" if server is None else f"listening on {config.node.host}:{server.port}"
         )
-        dropfolder = DropFolder.open(storage, receiver=receiver)
         logger.info(
-            "%s listening on %s:%d, storage %s, model %s, %d destination(s)",
+            "%s (%s) %s, storage %s, model %s, %d destination(s)",
             config.node.ae_title,
-            config.node.host,
-            server.port,
+            role.value,
+            where,
             storage,
-            models.label,
+            "none" if models is None else models.label,
             len(config.destinations),
         )
         return cls(
@@ -242,9 +317,15 @@ class Node:
             wake=wake,
             clock=clock,
             audit=audit,
-        )._audit_start(server.port, tls is not None)
+            role=role,
+        )._audit_start(None if server is None else server.port, tls is not None)
 
-    def _audit_start(self, port: int, tls: bool) -> Node:
+    @property
+    def model_label(self) -> str:
+        """The method in use, for the status page and metrics ("none" on a receiver host)."""
+        return "none (receiver)" if self.models is None else self.models.label
+
+    def _audit_start(self, port: int | None, tls: bool) -> Node:
         """Record what this start runs with (``configuration_loaded``); no patient data."""
         if self.audit is not None:
             config = self.config
@@ -252,6 +333,7 @@ class Node:
                 AuditEvent.CONFIGURATION_LOADED,
                 participants=[Participant(config.node.ae_title, requestor=False)],
                 detail={
+                    "role": self.role.value,
                     "port": port,
                     "tls": tls,
                     "client_certificates": tls and config.security.tls_ca is not None,
@@ -260,7 +342,7 @@ class Node:
                     "allowed_ae_titles": list(config.security.allowed_ae_titles),
                     "destinations": [d.name for d in config.destinations],
                     "sources": [s.name for s in config.sources],
-                    "model": self.models.label,
+                    "model": self.model_label,
                 },
             )
         return self
@@ -276,18 +358,21 @@ class Node:
             return False
         worked = False
         try:
-            queued = settle_once(
-                self.catalog,
-                self.config.rules,
-                now,
-                quiet_seconds=self.config.settle.quiet_seconds,
-                aborted_quiet_seconds=self.config.settle.aborted_quiet_seconds,
-                audit=self.audit,
-            )
-            if queued:
-                self.metrics.series_completed.inc(len(queued))
-            worked = self.worker.run_once(now)
-            if self.last_housekeeping is None or now - self.last_housekeeping > HOUSEKEEPING:
+            if self.role.receives:
+                queued = settle_once(
+                    self.catalog,
+                    self.config.rules,
+                    now,
+                    quiet_seconds=self.config.settle.quiet_seconds,
+                    aborted_quiet_seconds=self.config.settle.aborted_quiet_seconds,
+                    audit=self.audit,
+                )
+                if queued:
+                    self.metrics.series_completed.inc(len(queued))
+            if self.worker is not None:
+                worked = self.worker.run_once(now)
+            due = self.last_housekeeping is None or now - self.last_housekeeping > HOUSEKEEPING
+            if due and self.role.receives:  # the shared archive's, done by its receivers
                 self.last_housekeeping = now  # first: a failing housekeeping waits for its turn
                 self.housekeeping(now)
         except Exception as exc:  # the boundary: log, back off, go on
@@ -338,8 +423,10 @@ class Node:
     def run(self, stop: threading.Event) -> None:
         """Step until `stop` is set; sleep briefly when idle, wake early on association end,
         and wait out the backoff after a failed step."""
-        self.models.watch()
-        self.dropfolder.start()
+        if self.models is not None:
+            self.models.watch()
+        if self.dropfolder is not None:
+            self.dropfolder.start()
         idle = 0.05
         while not stop.is_set():
             worked = self.step(self.clock())
@@ -354,8 +441,11 @@ class Node:
             idle = min(idle * 2, 1.0)
 
     def close(self) -> None:
-        self.server.stop()
-        self.dropfolder.stop()
-        self.models.stop()
+        if self.server is not None:
+            self.server.stop()
+        if self.dropfolder is not None:
+            self.dropfolder.stop()
+        if self.models is not None:
+            self.models.stop()
         self.metrics.stop()
         self.catalog.close()

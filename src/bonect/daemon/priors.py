@@ -44,6 +44,7 @@ from bonect.catalog.priors import PriorState, RetrievalState, WantedSeries
 from bonect.catalog.queue import Catalog
 from bonect.catalog.tables import Job
 from bonect.config import Config, SourceConfig
+from bonect.daemon.incoming import received_payload
 from bonect.daemon.receive import OUT_OF_RESOURCES, Receiver
 from bonect.daemon.sender import RetryPolicy
 from bonect.dicom.query_retrieve import (
@@ -127,10 +128,12 @@ class GetReceiver:
     def on_store(self, event: Event) -> int:
         try:
             request = cast(C_STORE, event.request)
+            payload = received_payload(event)  # streamed to a file in the daemon
             receipt = self._receiver.receive(
-                lambda: event.dataset,
-                event.encoded_dataset,
+                payload.dataset,
+                payload.encoded,
                 association_id=self.association_id,
+                size=payload.size,
                 transfer_syntax_uid=event.context.transfer_syntax,
                 calling_ae=None,
                 peer_address=event.assoc.acceptor.address,
@@ -425,6 +428,7 @@ def start_priors_thread(node: Node, stop: threading.Event) -> threading.Thread |
         archive=node.archive,
         sink=CatalogSink(node.catalog, node.wake, node.metrics),
         reserve_bytes=node.config.storage.reserve_mb * 1024 * 1024,
+        max_dataset_bytes=node.config.storage.max_dataset_mb * 1024 * 1024,
         clock=node.clock,
     )
     thread = threading.Thread(

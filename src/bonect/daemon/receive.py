@@ -4,19 +4,22 @@ The Storage SCP (every C-STORE) and the drop folder (every complete file) both c
 :meth:`Receiver.receive`, which does, in this order:
 
 1. the disk reserve: under ``reserve_bytes`` free (or free space unreadable), refuse;
-2. one header parse (:func:`bonect.dicom.header.read_header`), with the UIDs validated;
-3. for a C-STORE, the header's SOP Instance and SOP Class UIDs against the request's;
-4. the archive write of the bytes exactly as received (:meth:`Archive.write`);
-5. the catalog record (:meth:`InstanceSink.record`).
+2. the size: an instance over ``max_dataset_bytes`` (``[storage] max_dataset_mb``) is refused;
+3. one header parse (:func:`bonect.dicom.header.read_header`), with the UIDs validated;
+4. for a C-STORE, the header's SOP Instance and SOP Class UIDs against the request's;
+5. the archive write of the bytes exactly as received (:meth:`Archive.write`), or of the file
+   that holds them (:meth:`Archive.adopt`: a data set streamed to disk by the SCP);
+6. the catalog record (:meth:`InstanceSink.record`).
 
 It never raises; it returns a :class:`Receipt` whose ``status`` is the DICOM C-STORE status
 (PS3.4 Annex B; the drop folder maps it to its own outcome):
 
 ======  ====================================================================================
 0x0000  success: archived and recorded
-0xA700  out of resources: the reserve is hit, free space cannot be read, the archive write or
-        the catalog record failed, or anything unexpected; the sender may try again later
-        (the drop folder keeps the file for its next scan)
+0xA700  out of resources: the reserve is hit, free space cannot be read, the instance is over
+        the size limit, the archive write or the catalog record failed, or anything
+        unexpected; the sender may try again later (the drop folder keeps the file for its
+        next scan)
 0xA900  data set does not match SOP class: the header's SOP Class UID is not the request's
 0xC210  cannot understand: the dataset cannot be decoded, or its header cannot identify the
         instance (:class:`HeaderError`: a UID missing or invalid, ``../`` included), or its
@@ -49,6 +52,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+
+DEFAULT_MAX_DATASET_BYTES = 2048 * 1024 * 1024
+"""``[storage] max_dataset_mb``'s default, in bytes."""
 
 
 class InstanceSink(Protocol):
@@ -103,6 +109,7 @@ class Receiver:
         sink: InstanceSink,
         reserve_bytes: int = 0,
         free_bytes: Callable[[], int] | None = None,
+        max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         """Receive into ``archive`` and record with ``sink``.
@@ -112,6 +119,8 @@ class Receiver:
         reserve_bytes, free_bytes
             Under ``reserve_bytes`` free (``free_bytes()``, default the archive's disk),
             instances are refused with 0xA700.
+        max_dataset_bytes
+            An instance larger than this (as received) is refused with 0xA700.
         clock
             Gives ``received_at`` (an aware datetime) and the end time of associations.
         """
@@ -119,6 +128,7 @@ class Receiver:
         self.sink = sink
         self.reserve_bytes = reserve_bytes
         self.free_bytes = free_bytes or archive.free_bytes
+        self.max_dataset_bytes = max_dataset_bytes
         self.clock = clock
         self._archived: set[str] = set()  # association ids that archived an instance
         self._lock = threading.Lock()
@@ -134,9 +144,10 @@ class Receiver:
     def receive(
         self,
         dataset: Callable[[], Dataset],
-        encoded: Callable[[], bytes],
+        encoded: Callable[[], bytes | Path],
         *,
         association_id: str,
+        size: int | None = None,
         transfer_syntax_uid: str | None = None,
         calling_ae: str | None = None,
         peer_address: str = "",
@@ -150,9 +161,13 @@ class Receiver:
         dataset
             Decodes the instance's dataset (header only is enough; called once).
         encoded
-            Gives the bytes to archive, exactly as received (called once, after the checks).
+            Gives the bytes to archive, exactly as received, or a file holding them that the
+            archive may take by a rename (called once, after the checks).
         association_id
             Groups instances for settle (a C-STORE association, or ``"import:<name>"``).
+        size
+            The instance's size as received, checked against ``max_dataset_bytes``; ``None``
+            to skip the check.
         transfer_syntax_uid
             The transfer syntax of ``encoded``; ``None``: the dataset's file meta says.
         calling_ae, peer_address
@@ -166,6 +181,7 @@ class Receiver:
                 dataset,
                 encoded,
                 association_id=association_id,
+                size=size,
                 transfer_syntax_uid=transfer_syntax_uid,
                 calling_ae=calling_ae,
                 request_sop_instance_uid=request_sop_instance_uid,
@@ -178,9 +194,10 @@ class Receiver:
     def _receive(
         self,
         dataset: Callable[[], Dataset],
-        encoded: Callable[[], bytes],
+        encoded: Callable[[], bytes | Path],
         *,
         association_id: str,
+        size: int | None,
         transfer_syntax_uid: str | None,
         calling_ae: str | None,
         request_sop_instance_uid: str | None,
@@ -189,6 +206,12 @@ class Receiver:
         received_at = self.clock()
         if self.disk_low():
             return Receipt(OUT_OF_RESOURCES, "free disk under the reserve")
+        if size is not None and size > self.max_dataset_bytes:
+            return Receipt(
+                OUT_OF_RESOURCES,
+                f"{size / 2**20:.1f} MB, over the limit of {self.max_dataset_bytes / 2**20:g} MB"
+                " (storage.max_dataset_mb)",
+            )
         try:
             header = read_header(dataset(), transfer_syntax_uid=transfer_syntax_uid)
         except HeaderError as exc:
@@ -203,7 +226,11 @@ class Receiver:
         ):
             return Receipt(DATASET_MISMATCH, f"{uid}: SOP Class UID is not the request's", header)
         try:
-            path = self.archive.write(header, encoded())
+            payload = encoded()
+            if isinstance(payload, Path):
+                path = self.archive.adopt(header, payload)
+            else:
+                path = self.archive.write(header, payload)
         except InvalidUIDError as exc:  # read_header validated them: defence in depth
             return Receipt(CANNOT_UNDERSTAND, str(exc), header)
         except Exception as exc:

@@ -5,7 +5,11 @@ C-ECHO and C-STORE of every storage SOP class, in the transfer syntaxes of
 :data:`ACCEPTED_TRANSFER_SYNTAXES`. A C-STORE is handed to
 :meth:`~bonect.daemon.receive.Receiver.receive` (reserve check, header, archive, catalog) and
 answered with the status it returns (the codes are listed in :mod:`bonect.daemon.receive`);
-the handler never raises.
+the handler never raises. Data sets are streamed to a temporary file as they arrive (never
+held whole in memory, :mod:`bonect.daemon.incoming`): one over the receiver's
+``max_dataset_bytes`` is answered 0xA700 and deleted, and an association whose data set grows
+past twice that is aborted there, so it cannot fill the disk either. The maximum PDU length we
+declare (:data:`MAXIMUM_PDU_SIZE`) bounds what is read into memory at once.
 
 Connections go through :mod:`bonect.daemon.connection_guard` first (the address allow-list
 at accept, the TLS handshake off the accept thread, the pending and association limits of
@@ -20,6 +24,7 @@ import ipaddress
 import logging
 import ssl
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterable
@@ -42,6 +47,7 @@ from bonect.daemon.connection_guard import (
     GuardedAssociationServer,
     RefusalLog,
 )
+from bonect.daemon.incoming import DatasetGuard, received_payload, stream_received_datasets
 from bonect.daemon.receive import OUT_OF_RESOURCES, SUCCESS, Receiver
 from bonect.dicom.network import set_nodelay
 from bonect.errors import ConfigError
@@ -73,6 +79,10 @@ _REJECT_DISK = (0x02, 0x03, 0x02)  # transient, service provider, local limit ex
 _REJECT_BUSY = (0x02, 0x03, 0x02)  # the same: every association slot is held
 _REJECT_TRANSIENT = (0x02, 0x01, 0x01)  # transient, service user, no reason given
 NOT_AUTHORIZED = 0x0124  # "Refused: Not authorized", a general status of PS3.7 Annex C
+
+MAXIMUM_PDU_SIZE = 1024 * 1024
+"""The largest PDU we accept. pynetdicom reads each PDU whole into memory, so this (not the data
+set) bounds memory per association; DCMTK and Orthanc send at most 128 kB PDUs anyway."""
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -255,10 +265,12 @@ class _Handlers:
                     f"C-STORE of {calling!r}",
                 )
                 return NOT_AUTHORIZED
+            payload = received_payload(event)  # a file: pixels neither in memory nor decoded
             receipt = self.receiver.receive(
-                lambda: event.dataset,  # decoded once, header only: pixels stay encoded
-                event.encoded_dataset,
+                payload.dataset,
+                payload.encoded,
                 association_id=self._association_id(event.assoc),
+                size=payload.size,
                 transfer_syntax_uid=event.context.transfer_syntax,
                 calling_ae=calling,
                 peer_address=requestor.address,
@@ -271,6 +283,15 @@ class _Handlers:
         if not receipt.ok:
             logger.warning("C-STORE from %r: 0x%04X, %s", calling, receipt.status, receipt.reason)
         return receipt.status
+
+    def on_dataset_too_large(self, assoc: Association, received: int) -> None:
+        """A data set passed twice the size limit while arriving: say so before the abort."""
+        self.refusals.refused(
+            assoc.requestor.address,
+            f"a data set passed {received / 2**20:.0f} MB, twice storage.max_dataset_mb: "
+            "association aborted",
+            f"C-STORE of {assoc.requestor.ae_title!r}",
+        )
 
     def on_released(self, event: Event) -> None:
         """A-RELEASE: the peer says it is done."""
@@ -312,7 +333,7 @@ class StorageServer:
         ssl_context: ssl.SSLContext | None = None,
         limits: ConnectionLimits | None = None,
         network_timeout: float = 60.0,
-        maximum_pdu_size: int = 0,
+        maximum_pdu_size: int = MAXIMUM_PDU_SIZE,
         audit: AuditTrail | None = None,
     ) -> StorageServer:
         """Listen on ``host:port`` (0 picks a free port) and serve in background threads.
@@ -335,10 +356,12 @@ class StorageServer:
         audit
             Where associations accepted and refused are recorded.
         maximum_pdu_size
-            The largest PDU we accept (0: no limit; fewer, larger PDUs are faster).
+            The largest PDU we accept (0: no limit, and then a sender may send a whole data
+            set as one PDU, read into memory at once).
         """
         limits = limits or ConnectionLimits()
         policy = policy or AccessPolicy()
+        stream_received_datasets()
         ae = AE(ae_title=ae_title)
         ae.require_called_aet = True
         ae.maximum_associations = limits.backstop
@@ -359,6 +382,7 @@ class StorageServer:
             refusals=refusals,
             audit=audit,
         )
+        guard = DatasetGuard(2 * receiver.max_dataset_bytes, on_abort=handlers.on_dataset_too_large)
         server = ae.make_server(
             (host, port),
             ssl_context=ssl_context,
@@ -371,6 +395,8 @@ class StorageServer:
                 (evt.EVT_RELEASED, handlers.on_released),
                 (evt.EVT_ABORTED, handlers.on_aborted),
                 (evt.EVT_CONN_CLOSE, handlers.on_aborted),
+                (evt.EVT_PDU_RECV, guard.on_pdu_recv),
+                (evt.EVT_CONN_CLOSE, guard.on_conn_close),
             ],
         )
         if not isinstance(server, GuardedAssociationServer):
@@ -400,6 +426,15 @@ class StorageServer:
     def ae_title(self) -> str:
         """Our AE title."""
         return self._ae_title
+
+    def join_associations(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the associations in progress to end (their
+        connections closed and their end handled); whether they all did."""
+        deadline = time.monotonic() + timeout
+        for assoc in self._ae.active_associations:
+            for thread in (assoc, assoc.dul):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._ae.active_associations
 
     def stop(self) -> None:
         """Abort the associations in progress and stop listening."""

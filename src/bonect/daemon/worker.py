@@ -9,6 +9,11 @@ claiming anything else; a job taken from it meanwhile (:class:`ClaimLost`) is le
 holder. Sends are planned per instance and destination before the first attempt, so a job
 resumed after a crash sends exactly what is still pending.
 
+A job is claimed with a lease (``[catalog] lease_seconds``), renewed by a
+:class:`~bonect.daemon.lease.LeaseKeeper` while the worker holds it and once more before the
+sCT is written and before it is sent; a worker that died is so replaced by another once its
+lease has ended, and a worker that was cut off that long stops at its next stage boundary.
+
 Each job is one *generation* of its series' sCT, with UIDs of its own. Once every instance of
 a later generation is stored, the worker withdraws the earlier ones
 (:mod:`bonect.daemon.withdraw`). Where a destination receives what (every series, or only
@@ -29,7 +34,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import torch
@@ -53,6 +58,7 @@ from bonect.converter.uncertainty_object import (
     UncertaintyKind,
     write_uncertainty_object,
 )
+from bonect.daemon.lease import LeaseKeeper
 from bonect.daemon.model_holder import ModelHolder
 from bonect.daemon.prometheus import NodeMetrics
 from bonect.daemon.sender import (
@@ -63,6 +69,8 @@ from bonect.daemon.sender import (
     SendTimeouts,
     send_files,
 )
+from bonect.daemon.simulated import IDENTITY as SIMULATED
+from bonect.daemon.simulated import simulate
 from bonect.daemon.withdraw import Withdrawal
 from bonect.errors import PermanentError, RetryableError, storage_errors
 from bonect.uncertainty import uncertain_share
@@ -137,6 +145,8 @@ class WorkerSettings:
     max_attempts: int
     timeouts: SendTimeouts
     return_to_sender: bool = False
+    lease: timedelta = timedelta(seconds=120)  # [catalog] lease_seconds
+    simulated_forward_seconds: float | None = None  # tests and bench only (daemon.simulated)
 
 
 class Worker:
@@ -164,6 +174,7 @@ class Worker:
         self.metrics = metrics
         self.last_timings = StageTimings()
         self.unrecorded: Outcome | None = None  # an outcome the catalog could not take yet
+        self.lease: LeaseKeeper | None = None  # renews the claim on the job in hand
         routes = settings.destinations
         self.withdrawal = Withdrawal(
             catalog=catalog,
@@ -185,11 +196,17 @@ class Worker:
         if self.unrecorded is not None:
             self._record(self.unrecorded)  # raises while the catalog is unavailable
             self.unrecorded = None
-        job = self.catalog.claim_next(now, worker_id=self.name)
+        lease = self.settings.lease
+        job = self.catalog.claim_next(now, worker_id=self.name, lease=lease)
         if job is None:
             return False
         self.last_timings = StageTimings()
-        outcome = self._outcome(job)
+        self.lease = LeaseKeeper.start(self.catalog, job, lease=lease, clock=self.clock)
+        try:
+            outcome = self._outcome(job)
+        finally:
+            self.lease.stop()
+            self.lease = None
         if outcome is not None:
             try:
                 self._record(outcome)
@@ -238,9 +255,15 @@ class Worker:
         except ClaimLost as exc:
             logger.warning("job %d: %s; its outcome is dropped", job.id, exc)
 
+    def _renew_lease(self) -> None:
+        """At a stage boundary: renew the claim, or raise ClaimLost if the job was taken."""
+        if self.lease is not None:
+            self.lease.renew()
+
     def _process(self, job: JobRecord) -> None:
         if job.output_dir is None or not job.output_dir.is_dir():
             job = self._convert(job)
+        self._renew_lease()
         job = self.catalog.mark_sending(job, now=self.clock())
         self._send(job)
         self._withdraw_earlier(job)
@@ -254,26 +277,32 @@ class Worker:
         started = time.perf_counter()
         method = self.models.current
         threshold = uncertainty_threshold_hu(method)
-        conversion = convert(
-            series.volume,
-            method,
-            planes=self.settings.planes,
-            batch_size=self.settings.batch_size,
-            device=self.settings.device,
-            uncertainty=threshold is not None,
-        )
+        name, version, clinical = method_identity(method)
+        label = method.label
+        if (seconds := self.settings.simulated_forward_seconds) is not None:
+            conversion, threshold = simulate(series.volume, seconds), None
+            (name, version, clinical), label = SIMULATED, "a simulated conversion"
+        else:
+            conversion = convert(
+                series.volume,
+                method,
+                planes=self.settings.planes,
+                batch_size=self.settings.batch_size,
+                device=self.settings.device,
+                uncertainty=threshold is not None,
+            )
         unsure = _summary(conversion, threshold)
         if unsure is None:  # the classical map, or a single plane configured
             logger.info(
                 "job %d: %s gives no planes to compare: no uncertainty summary nor object",
                 job.id,
-                method.label,
+                label,
             )
         self.last_timings.add("convert", started)
         if self.metrics is not None:
             self.metrics.conversion_seconds.observe(self.last_timings.seconds["convert"])
         started = time.perf_counter()
-        name, version, clinical = method_identity(method)
+        self._renew_lease()  # before touching the output folder: still ours?
         out_dir = self.outgoing / job.series_uid / f"job{job.id}"
         replaced = [e.generation for e in self.catalog.earlier_jobs(job) if self._was_sent(e)]
         with storage_errors(f"job {job.id}: writing the sCT to {out_dir}"):
@@ -311,7 +340,7 @@ class Worker:
             job.id,
             len(written.paths),
             job.generation,
-            method.label,
+            label,
             "" if unsure is None else f"; {unsure.text()}",
         )
         return job
