@@ -29,12 +29,16 @@ def test_a_quick_cohort_is_scored_per_patient_and_written(tmp_path: Path) -> Non
         assert 0 < score.mae_hu < 1000 and 0 <= score.bone_dice <= 1
         assert np.isfinite(score.mean_error_hu)
     assert row.ratio == row.unet.mae_hu / row.classical.mae_hu
+    # the true CT through the 128 cube: better than any model, not free of loss
+    assert 0 < row.perfect.mae_hu < row.unet.mae_hu and 0 <= row.perfect.bone_dice <= 1
     assert 0.0 <= result.spread.auc <= 1.0 and result.spread.voxels > 10_000
     paths = write_quality(result, tmp_path)
     report = json.loads(paths[0].read_text(encoding="utf-8"))
     assert report["family"] == "shifted"
-    assert report["patients"][0]["name"] == "shifted-1"
+    assert report["patients"][0]["name"] == "shifted-1" and report["input_size"] == 128
+    assert report["patients"][0]["perfect"]["mae_hu"] == round(row.perfect.mae_hu, 3)
     table = paths[1].read_text(encoding="utf-8")
     assert "| shifted-1 |" in table and "AUC" in table and "**mean**" in table
+    assert "perfect at 128³" in table
     (figure,) = (tmp_path / "figures").glob("figure1_*.png")
     assert figure.name == "figure1_shifted-1.png" and figure.stat().st_size > 10_000

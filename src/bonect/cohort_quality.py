@@ -9,6 +9,11 @@ by more than 200 HU (ROC AUC, pooled over the patients) at the model's calibrate
 Writes ``quality.json``, ``quality.md`` and, per patient, a picture in the layout of the
 paper's Figure 1 (``figure1_<patient>.png``: MR, CT, each method's sCT and its difference to
 the CT) to the output folder.
+
+Each patient also gets the score of a *perfect model at the model's input size*: the true CT
+sampled onto the model cube and back, the best any network of that input size can do, since
+every prediction passes through the cube. Where the U-Net falls short of a goal, this column
+says whether a better network could reach it or only a finer cube.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from tqdm import tqdm
 
 from bonect.converter.model_folder import LoadedModel
 from bonect.converter.pipeline import ALL_PLANES, Classical, convert, uncertainty_threshold_hu
+from bonect.converter.preprocess import cube_round_trip, prepare
 from bonect.figures import figure_one
+from bonect.hounsfield import AIR_HU
 from bonect.metrics_report import compute_metrics
 from bonect.phantom.generate import PhantomCase, generate_case, patient_seed
 from bonect.phantom.variation import Family, draw_acquisition
@@ -51,6 +58,7 @@ class PatientRow:
     description: str
     unet: PatientScore
     classical: PatientScore
+    perfect: PatientScore  # the true CT through the model cube and back
 
     @property
     def ratio(self) -> float:
@@ -60,6 +68,7 @@ class PatientRow:
 @dataclass(frozen=True)
 class CohortQuality:
     family: Family
+    input_size: int
     rows: list[PatientRow]
     spread: SpreadCalibration
     seconds: float
@@ -72,27 +81,32 @@ class CohortQuality:
     def table(self) -> str:
         lines = [
             "| patient | case | U-Net MAE | classical MAE | ratio | U-Net mean error "
-            "| U-Net bone Dice | classical bone Dice |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| U-Net bone Dice | classical bone Dice | perfect at {self.input_size}³: MAE, Dice |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
             lines.append(
                 f"| {r.name} | {r.description} | {r.unet.mae_hu:.1f} | {r.classical.mae_hu:.1f} "
                 f"| {r.ratio:.2f} | {r.unet.mean_error_hu:+.1f} | {r.unet.bone_dice:.3f} "
-                f"| {r.classical.bone_dice:.3f} |"
+                f"| {r.classical.bone_dice:.3f} "
+                f"| {r.perfect.mae_hu:.1f}, {r.perfect.bone_dice:.3f} |"
             )
         mean = {
             k: float(np.mean([getattr(r.unet, k) for r in self.rows]))
             for k in ("mae_hu", "mean_error_hu", "bone_dice")
         }
-        classical = {
-            k: float(np.mean([getattr(r.classical, k) for r in self.rows]))
-            for k in ("mae_hu", "bone_dice")
-        }
+        classical, perfect = (
+            {
+                k: float(np.mean([getattr(getattr(r, method), k) for r in self.rows]))
+                for k in ("mae_hu", "bone_dice")
+            }
+            for method in ("classical", "perfect")
+        )
         lines.append(
             f"| **mean** | {len(self.rows)} patients | {mean['mae_hu']:.1f} "
             f"| {classical['mae_hu']:.1f} | {self.ratio:.2f} | {mean['mean_error_hu']:+.1f} "
-            f"| {mean['bone_dice']:.3f} | {classical['bone_dice']:.3f} |"
+            f"| {mean['bone_dice']:.3f} | {classical['bone_dice']:.3f} "
+            f"| {perfect['mae_hu']:.1f}, {perfect['bone_dice']:.3f} |"
         )
         s = self.spread
         lines.append("")
@@ -164,6 +178,9 @@ def evaluate_cohort(
         ct = np.asarray(case.ct_on_mr.array, dtype=np.float32)
         unet = convert(case.mr, model, planes=ALL_PLANES, uncertainty=True)
         classical = convert(case.mr, Classical())
+        perfect = cube_round_trip(
+            case.ct_on_mr, prepare(case.mr, model.manifest.input_size), case.mr, cval=AIR_HU
+        )
         unet_sct = np.asarray(unet.sct.array, dtype=np.float32)
         if unet.uncertainty is not None:
             spreads.append(np.asarray(unet.uncertainty.array, dtype=np.float64)[body])
@@ -173,6 +190,7 @@ def evaluate_cohort(
             description=describe(case),
             unet=_score(unet_sct, ct, body),
             classical=_score(np.asarray(classical.sct.array, dtype=np.float32), ct, body),
+            perfect=_score(perfect, ct, body),
         )
         if figures is not None:
             figures.mkdir(parents=True, exist_ok=True)
@@ -194,7 +212,11 @@ def evaluate_cohort(
         rows.append(row)
     spread = calibrate(spreads, errors, threshold_hu=threshold)
     return CohortQuality(
-        family=family, rows=rows, spread=spread, seconds=time.perf_counter() - started
+        family=family,
+        input_size=model.manifest.input_size,
+        rows=rows,
+        spread=spread,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -203,6 +225,7 @@ def write_quality(result: CohortQuality, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "family": result.family,
+        "input_size": result.input_size,
         "ratio": round(result.ratio, 4),
         "spread": result.spread.as_dict(),
         "seconds": round(result.seconds, 1),
@@ -212,6 +235,7 @@ def write_quality(result: CohortQuality, out: Path) -> list[Path]:
                 "case": r.description,
                 "unet": {k: round(v, 3) for k, v in vars(r.unet).items()},
                 "classical": {k: round(v, 3) for k, v in vars(r.classical).items()},
+                "perfect": {k: round(v, 3) for k, v in vars(r.perfect).items()},
             }
             for r in result.rows
         ],

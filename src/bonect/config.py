@@ -138,6 +138,7 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
     pair_window_days: float = Field(default=183.0, gt=0)  # MR and CT at most this far apart
     registration_threshold: float = Field(default=0.7, ge=0, le=1)  # lower scores: set aside
     image_size: int = Field(default=128, ge=16)  # model input (the paper: 224)
+    crop_size: int = Field(default=0, ge=0)  # train on windows of this side; 0: whole slices
     architecture: Literal["light_unet", "vgg16_unet"] = "light_unet"
     loss: Literal["mae", "mse", "mix", "mae_bone"] = "mae"  # mae_bone: L1, bone counts twice
     batch_size: int = Field(default=128, ge=1)
@@ -152,7 +153,7 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
     external_sites: tuple[str, ...] = ()  # default --external sites of `augment`
     balance_sites: bool = True  # epochs draw local and external slices in equal share
 
-    @field_validator("image_size")
+    @field_validator("image_size", "crop_size")
     @classmethod
     def _multiple_of_16(cls, value: int) -> int:
         if value % 16:

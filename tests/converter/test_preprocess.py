@@ -10,6 +10,7 @@ from scipy import ndimage
 from bonect.converter.preprocess import (
     FACES_3D,
     FACES_IN_SLICE,
+    cube_round_trip,
     fill_holes,
     from_cube,
     head_mask,
@@ -167,6 +168,20 @@ def test_normalise_puts_soft_tissue_near_one(phantom_case: PhantomCase) -> None:
     scaled = normalise(mr, mask)
     soft = float(np.mean(scaled[phantom_case.labels.array == Tissue.SOFT]))
     assert 0.85 < soft < 1.15
+
+
+def test_a_coarser_cube_loses_more_of_the_true_ct(phantom_case: PhantomCase) -> None:
+    """The true CT through the model cube and back: what a perfect model of that input size
+    gives. Air outside the head; the finer the cube, the closer to the CT (thin bone)."""
+    ct, mr = phantom_case.ct_on_mr, phantom_case.mr
+    body = np.asarray(phantom_case.labels.array) > 0
+    errors = []
+    for size in (32, 64, 128):
+        prepared = prepare(mr, size)
+        back = cube_round_trip(ct, prepared, mr, cval=-1024.0)
+        assert back.shape == mr.shape and np.all(back[~prepared.mask] == -1024.0)
+        errors.append(float(np.mean(np.abs(back[body] - np.asarray(ct.array)[body]))))
+    assert errors[0] > errors[1] > errors[2] > 0
 
 
 def test_on_fine_grids_the_closing_runs_on_2_mm_blocks_and_keeps_the_fine_outline() -> None:

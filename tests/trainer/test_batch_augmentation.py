@@ -7,7 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bonect.trainer.batch_augmentation import GEOMETRY_ONLY, AugmentationOptions, augment
+from bonect.trainer.batch_augmentation import (
+    GEOMETRY_ONLY,
+    AugmentationOptions,
+    augment,
+    random_windows,
+)
 
 N, SIZE = 6, 32
 
@@ -106,3 +111,23 @@ def test_the_contrast_curve_is_monotone() -> None:
 def test_mismatched_batches_are_refused() -> None:
     with pytest.raises(ValueError, match="expected two"):
         augment(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 9), _generator(0))
+
+
+def test_random_windows_cut_the_same_square_from_input_and_target() -> None:
+    image = _batch()
+    target = image * 0.5
+    x, y = random_windows(image, target, 16, _generator(3))
+    assert x.shape == y.shape == (N, 1, 16, 16)
+    assert torch.equal(y, x * 0.5)  # the same window of each slice in both
+    for window, whole in zip(x, image, strict=True):  # each is a real window of its slice
+        hits = [
+            (r, c)
+            for r in range(SIZE - 15)
+            for c in range(SIZE - 15)
+            if torch.equal(whole[:, r : r + 16, c : c + 16], window)
+        ]
+        assert hits
+    again, _ = random_windows(image, target, 16, _generator(3))
+    assert torch.equal(again, x)  # the generator fixes the windows
+    whole_x, whole_y = random_windows(image, target, None, _generator(3))
+    assert whole_x is image and whole_y is target

@@ -246,6 +246,22 @@ def test_options_are_checked() -> None:
         TrainingOptions(loss="huber")
     with pytest.raises(ValueError, match="architecture"):
         TrainingOptions(architecture="resnet")
+    with pytest.raises(ValueError, match="crop_size must be a multiple of 16"):
+        TrainingOptions(crop_size=20)
+
+
+def test_training_on_windows_validates_on_whole_slices(
+    pairs: list[CachedPair], tmp_path: Path
+) -> None:
+    """``crop_size``: each step sees 16² windows of the 32² slices; validation and the network
+    returned work on whole slices, and the windows are part of what a resume must match."""
+    options = dataclasses.replace(OPTIONS, crop_size=16, max_epochs=2)
+    result = train(pairs, options, tmp_path / "windows", progress=False)
+    assert [r.epoch for r in result.history] == [1, 2]
+    assert all(np.isfinite(r.train_loss) and np.isfinite(r.val_mae_hu) for r in result.history)
+    assert _val_mae_hu(result.network, pairs) == pytest.approx(result.best_val_mae_hu, rel=1e-4)
+    with pytest.raises(TrainingError, match="crop_size: 16 -> None"):
+        train(pairs, dataclasses.replace(options, crop_size=None), tmp_path / "windows")
 
 
 def test_vgg16_unet_takes_a_training_step(pairs: list[CachedPair]) -> None:

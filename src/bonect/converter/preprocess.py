@@ -282,6 +282,15 @@ def prepare(mr: Volume, size: int) -> Prepared:
     return Prepared(cube=cube, image=image, mask=mask, cube_mask=cube_mask)
 
 
+def cube_round_trip(volume: Volume, prepared: Prepared, like: Volume, *, cval: float) -> F32:
+    """``volume`` sampled onto the model cube and back onto the grid of ``like``, outside the
+    head set to ``cval``: what a perfect model at this input size could give at best, since
+    every prediction passes through the cube. Detail finer than the cube's voxel is lost."""
+    back = from_cube(to_cube(volume, prepared.cube, cval=cval), prepared.cube, like, cval=cval)
+    back[~prepared.mask] = cval
+    return back
+
+
 # Planes as axes of the cube.
 PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 

@@ -38,7 +38,7 @@ from bonect.hounsfield import AIR_HU, HU_MAX, HU_MIN
 from bonect.phantom.generate import ORIENTATIONS, Acquisition, PhantomCase, generate_case
 from bonect.phantom.variation import FAMILY_NAMES, Family
 from bonect.registry import Manifest, TrainingProvenance, read_manifest
-from bonect.trainer.batch_augmentation import augment
+from bonect.trainer.batch_augmentation import augment, random_windows
 from bonect.trainer.losses import bone_weighted_l1
 from bonect.trainer.spread_calibration import SpreadCalibration, calibrate, spread_and_error
 from bonect.uncertainty import THRESHOLD_KEY
@@ -96,6 +96,7 @@ def train(
     seed: int = 2024,
     patients: int = 8,
     size: int = 128,
+    crop: int | None = None,
     epochs: int = 12,
     batch: int = 16,
     max_minutes: float = 30.0,
@@ -143,7 +144,7 @@ def train(
         batches = _batches(len(x_train), batch, rng)[:steps_per_epoch]
         losses = []
         for idx in tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False):
-            x, y = _tensor(x_train[idx]), _tensor(y_train[idx])
+            x, y = random_windows(_tensor(x_train[idx]), _tensor(y_train[idx]), crop, generator)
             if augmentation:
                 x, y = augment(x, y, generator)
             elif rng.random() < 0.5:  # left-right flip
@@ -250,6 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--patients", type=int, default=8)
     parser.add_argument("--size", type=int, default=128, help="model input size (multiple of 16)")
+    parser.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        help="train on random windows of this side (multiple of 16) of the --size slices",
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument(
@@ -279,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         patients=args.patients,
         size=args.size,
+        crop=args.crop,
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         steps_per_epoch=args.steps_per_epoch,

@@ -48,6 +48,7 @@ def training_options(
         architecture=config.architecture,
         loss=config.loss,
         batch_size=config.batch_size,
+        crop_size=config.crop_size or None,
         max_epochs=max_epochs or config.max_epochs,
         patience=config.patience,
         steps_per_epoch=config.steps_per_epoch or None,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from bonect.converter.inference import pick_device
 from bonect.converter.networks import ARCHITECTURES, build_model, count_parameters
 from bonect.registry import Manifest, TrainingProvenance
-from bonect.trainer.batch_augmentation import augment
+from bonect.trainer.batch_augmentation import augment, random_windows
 from bonect.trainer.cache import HU_MAX, HU_MIN, CachedPair, SliceIndex, split_patients
 from bonect.trainer.curves import (
     CHECKPOINT,
@@ -76,6 +76,7 @@ class TrainingOptions:
     arguments: dict[str, Any] = field(default_factory=dict)  # for build_model and the manifest
     loss: str = "mae"  # "mae" | "mse" | "mix" (L1 + 4.4·L2) | "mae_bone" (L1, bone x2)
     batch_size: int = 128
+    crop_size: int | None = None  # train on random windows of this side; None: whole slices
     max_epochs: int = 100
     patience: int = 5  # early stop after this many epochs without validation improvement
     learning_rate: float = 1e-3  # Adam, otherwise default parameters
@@ -100,6 +101,8 @@ class TrainingOptions:
             problems.append("max_epochs and patience must be at least 1")
         if not 0.0 < self.validation_fraction < 1.0:
             problems.append("validation_fraction must lie between 0 and 1")
+        if self.crop_size is not None and (self.crop_size < 16 or self.crop_size % 16):
+            problems.append("crop_size must be a multiple of 16")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             problems.append("steps_per_epoch must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -309,6 +312,7 @@ def _train_epoch(
         disable=not progress,
     )
     for step, (x, y) in enumerate(bar):
+        x, y = random_windows(x, y, options.crop_size, generator)
         if options.augment:
             x, y = augment(x, y, generator)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
