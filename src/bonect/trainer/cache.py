@@ -72,6 +72,37 @@ class CachedPair:
     def n_slices(self) -> int:
         return int(self.inputs.shape[0])
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (for another training process) as the files of its maps, not their contents."""
+        files = [_whole_file(a) for a in (self.inputs, self.targets)]
+        if None in files:
+            return (
+                CachedPair,
+                (self.source, self.inputs, self.targets, self.planes, self.cache_key),
+            )
+        return (_reopen, (self.source, *files, np.asarray(self.planes), self.cache_key))
+
+
+def _whole_file(array: Any) -> str | None:
+    """The ``.npy`` file `array` maps as a whole, or None (in memory, or a part of a file)."""
+    name = getattr(array, "filename", None) if isinstance(array, np.memmap) else None
+    if name is None or not array.flags.c_contiguous:
+        return None
+    whole = np.load(name, mmap_mode="r", allow_pickle=False)
+    same = whole.shape == array.shape and whole.offset == array.offset
+    return str(name) if same else None
+
+
+def _reopen(source: PairSource, inputs: str, targets: str, planes: Any, key: str) -> CachedPair:
+    """A pickled :class:`CachedPair`, its arrays memory-mapped again."""
+    return CachedPair(
+        source,
+        np.load(inputs, mmap_mode="r", allow_pickle=False),
+        np.load(targets, mmap_mode="r", allow_pickle=False),
+        planes,
+        key,
+    )
+
 
 class _Missing(Exception):
     """No cache for this key yet (none at all, or one made from other inputs)."""

@@ -43,6 +43,19 @@ def _date_arg(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _check_nproc(config: Config, processes: int) -> None:
+    """Refuse more CUDA processes than GPUs before any work is done."""
+    from bonect.converter.inference import pick_device
+    from bonect.trainer.parallel import check_processes
+
+    if processes > 1:
+        try:
+            device = pick_device(config.trainer.device)
+        except RuntimeError as exc:
+            raise BonectError(str(exc)) from exc
+        check_processes(processes, device)
+
+
 def _image_size(text: str) -> int:
     value = positive_int(text)
     if value % 16:
@@ -133,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from bonect.trainer.generalizability import evaluate
 
     config = _load(args)
+    _check_nproc(config, args.nproc)
     if args.test_site is not None and (args.folds or args.repeats):
         raise BonectError("--folds and --repeats are for cross-validation, not --test-site")
     run_evaluation = (
@@ -146,6 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         external=args.external,
         max_epochs=args.epochs,
         image_size=args.image_size,
+        processes=args.nproc,
     )
     return 0
 
@@ -154,6 +169,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     from bonect.trainer.generalizability import augment
 
     config = _load(args)
+    _check_nproc(config, args.nproc)
     harvest = None if args.no_harvest or args.site != "local" else (lambda: _harvest(config))
     result = augment(
         config,
@@ -162,6 +178,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
         harvest=harvest,
         max_epochs=args.epochs,
         image_size=args.image_size,
+        processes=args.nproc,
     )
     return result.exit_code
 
@@ -366,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--epochs", type=positive_int, help="at most this many epochs per training")
         p.add_argument("--image-size", type=_image_size, help="model input size (config)")
+        p.add_argument(
+            "--nproc",
+            type=positive_int,
+            default=1,
+            metavar="N",
+            help="train on N processes, each on its share of every batch (DDP: gloo on the CPU, "
+            "one GPU each with NCCL on CUDA); the same batches and results as 1 (default 1)",
+        )
 
     ev = sub.add_parser(
         "evaluate",

@@ -40,6 +40,7 @@ def evaluate_across(
     external: Sequence[str] = (),
     max_epochs: int | None = None,
     image_size: int | None = None,
+    processes: int = 1,
     progress: bool = True,
     say: Say = print,
 ) -> Path:
@@ -68,7 +69,7 @@ def evaluate_across(
     if not any(s.pair.site == site for s in trained.usable):
         raise EvaluationError(f"site {site!r} has no usable pair to train on")
     size = image_size or tc.image_size
-    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,))
+    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,), processes=processes)
     experiment = Experiment(config.trainer_dir / "cache", size, options, progress=progress)
     run = run_folder(
         config.trainer_dir, "cross-site", [*trained.usable, *test.usable], options, size

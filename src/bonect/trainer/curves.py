@@ -159,7 +159,7 @@ class RunState:
 
 
 # options that may change between an interrupted run and its resumption
-_MAY_CHANGE = ("max_epochs", "patience", "max_minutes", "device")
+_MAY_CHANGE = ("max_epochs", "patience", "max_minutes", "device", "processes")
 
 
 def identity_of(

@@ -17,7 +17,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,10 +40,15 @@ Say = Callable[[str], None]
 
 
 def training_options(
-    config: TrainerConfig, *, max_epochs: int | None = None, local_sites: Sequence[str] = ()
+    config: TrainerConfig,
+    *,
+    max_epochs: int | None = None,
+    local_sites: Sequence[str] = (),
+    processes: int = 1,
 ) -> TrainingOptions:
     """The training options the config asks for (``--epochs`` caps the epochs); the pairs of
-    `local_sites` are local and may be balanced against the external ones."""
+    `local_sites` are local and may be balanced against the external ones; every training runs
+    on `processes` processes (``--nproc``)."""
     return TrainingOptions(
         architecture=config.architecture,
         loss=config.loss,
@@ -56,6 +61,7 @@ def training_options(
         device=config.device,
         local_sites=tuple(local_sites),
         balance_sites=config.balance_sites,
+        processes=processes,
     )
 
 
@@ -87,11 +93,12 @@ def registered_pairs(
 def run_folder(
     root: Path, kind: str, states: Sequence[PairState], options: TrainingOptions, size: int
 ) -> Path:
-    """The run folder of an experiment, named after its inputs (so a rerun resumes in it)."""
+    """The run folder of an experiment, named after its inputs (so a rerun resumes in it, also
+    on another number of processes: they train the same)."""
     digest = hashlib.sha256()
     for s in sorted(states, key=lambda s: s.pair.key):
         digest.update(f"{s.pair.key}:{s.score}".encode())
-    digest.update(repr((options, size)).encode())
+    digest.update(repr((replace(options, processes=1), size)).encode())
     return root / "runs" / f"{kind}-{digest.hexdigest()[:12]}"
 
 
@@ -121,6 +128,7 @@ def augment(
     harvest: Callable[[], list[str]] | None = None,
     max_epochs: int | None = None,
     image_size: int | None = None,
+    processes: int = 1,
     progress: bool = True,
     say: Say = print,
 ) -> AugmentResult:
@@ -162,7 +170,7 @@ def augment(
     )
 
     size = image_size or tc.image_size
-    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,))
+    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,), processes=processes)
     run = run_folder(config.trainer_dir, "augment", [*local.usable, *ext.usable], options, size)
     say(f"run folder: {run}")
     experiment = Experiment(config.trainer_dir / "cache", size, options, progress=progress)
@@ -260,6 +268,7 @@ def evaluate(
     external: Sequence[str] = (),
     max_epochs: int | None = None,
     image_size: int | None = None,
+    processes: int = 1,
     folds: int | None = None,
     repeats: int | None = None,
     progress: bool = True,
@@ -272,7 +281,7 @@ def evaluate(
     test = registered_pairs(store, [site], tc.registration_threshold, progress=progress)
     ext = registered_pairs(store, external, tc.registration_threshold, progress=progress)
     size = image_size or tc.image_size
-    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,))
+    options = training_options(tc, max_epochs=max_epochs, local_sites=(site,), processes=processes)
     experiment = Experiment(config.trainer_dir / "cache", size, options, progress=progress)
     run = run_folder(config.trainer_dir, "evaluate", [*test.usable, *ext.usable], options, size)
     k, r = folds or tc.folds, repeats or tc.repeats

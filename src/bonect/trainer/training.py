@@ -9,6 +9,8 @@ randomness (order of the slices, augmentation) is seeded from ``(seed, epoch)``,
 epoch ``checkpoint.pt`` is replaced atomically, so a run resumed after an interruption retraces
 the run that was not interrupted. The best weights (lowest validation loss) are kept. With local
 and external sites together, epochs may draw both in equal share (:mod:`~bonect.trainer.sampling`).
+With ``processes`` > 1 the same loop runs on several processes, data-parallel, and trains the
+same model up to the order of floating-point sums (:mod:`~bonect.trainer.parallel`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from bonect.converter.inference import pick_device
 from bonect.converter.networks import ARCHITECTURES, build_model, count_parameters
 from bonect.registry import Manifest, TrainingProvenance
 from bonect.trainer.batch_augmentation import augment, random_windows
-from bonect.trainer.cache import HU_MAX, HU_MIN, CachedPair, SliceIndex, split_patients
+from bonect.trainer.cache import (
+    HU_MAX,
+    HU_MIN,
+    CachedPair,
+    SliceIndex,
+    SliceSplit,
+    split_patients,
+)
 from bonect.trainer.curves import (
     CHECKPOINT,
     LOSS_CURVE,
@@ -48,6 +57,7 @@ from bonect.trainer.curves import (
     write_history,
 )
 from bonect.trainer.losses import LOSSES
+from bonect.trainer.parallel import SINGLE, Ranks, batch_norm_over_ranks, check_processes, launch
 from bonect.trainer.sampling import EpochSampler
 
 logger = logging.getLogger(__name__)
@@ -88,6 +98,7 @@ class TrainingOptions:
     max_minutes: float | None = None  # stop after the epoch that exceeds it (from this call)
     local_sites: tuple[str, ...] = ()  # pairs of these sites are local, any other external
     balance_sites: bool = True  # epochs draw local and external slices in equal share
+    processes: int = 1  # data-parallel ranks (parallel.py); batch_size stays the global batch
 
     def __post_init__(self) -> None:
         problems = []
@@ -105,6 +116,10 @@ class TrainingOptions:
             problems.append("crop_size must be a multiple of 16")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             problems.append("steps_per_epoch must be at least 1")
+        if self.processes < 1:
+            problems.append(f"processes must be at least 1, got {self.processes}")
+        elif self.batch_size < self.processes:
+            problems.append("batch_size must be at least processes (each takes a share)")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device {self.device!r} is not auto, cpu or cuda")
         if problems:
@@ -142,7 +157,9 @@ def train(
     pairs
         The cached pairs (all of one image size).
     options
-        What to train and how.
+        What to train and how. With ``processes`` > 1 the loop runs on that many processes
+        (:mod:`~bonect.trainer.parallel`), each on its share of every batch, and this process
+        waits for them and reads the result from the checkpoint.
     run_dir
         The run folder; holds ``checkpoint.pt``, ``history.csv``, ``history.json`` and
         ``loss_curve.png``.
@@ -150,10 +167,10 @@ def train(
         Show a progress bar per epoch.
     resume
         Continue from ``run_dir/checkpoint.pt`` when there is one (it must come from the same
-        options and data; ``max_epochs``, ``patience``, ``max_minutes`` and ``device`` may
-        differ). Without it, a checkpoint there is overwritten.
+        options and data; ``max_epochs``, ``patience``, ``max_minutes``, ``device`` and
+        ``processes`` may differ). Without it, a checkpoint there is overwritten.
     on_epoch
-        Called after each epoch, once its checkpoint is written.
+        Called after each epoch, once its checkpoint is written (one process only).
     """
     index = SliceIndex(pairs)
     if len(index) < 2:
@@ -162,78 +179,28 @@ def train(
         device = pick_device(options.device)
     except RuntimeError as exc:
         raise TrainingError(str(exc)) from exc
+    check_processes(options.processes, device)
+    if options.processes > 1 and on_epoch is not None:
+        raise ValueError("on_epoch is called in one process only: processes must be 1")
     run_dir.mkdir(parents=True, exist_ok=True)
     split = split_patients(pairs, index, options.validation_fraction, options.seed)
     logger.info(
-        "training %s (%s loss) on %d slices of %d patients, validating on %d slices of %d",
+        "training %s (%s loss) on %d slices of %d patients, validating on %d slices of %d%s",
         options.architecture, options.loss, len(split.train), len(split.train_patients),
         len(split.val), len(split.val_patients),
+        f" on {options.processes} processes" if options.processes > 1 else "",
     )  # fmt: skip
-    sampler = EpochSampler.for_pairs(
-        pairs,
-        index,
-        split.train,
-        local_sites=options.local_sites,
-        balance=options.balance_sites,
-        batch_size=options.batch_size,
-        seed=options.seed,
-        steps_per_epoch=options.steps_per_epoch,
-    )
-    if sampler.balanced:
-        logger.info("each epoch draws local and external slices in equal share")
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with (
-        torch.random.fork_rng(devices=cuda),  # seed here without touching the caller's RNG
-        torch.backends.cudnn.flags(enabled=True, benchmark=device.type == "cuda"),
-    ):
-        torch.manual_seed(options.seed)
-        network = build_model(options.architecture, options.arguments)
-        _start_head_at_mean(network, index, split.train, options.seed)
-        network.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-        identity = identity_of(
-            asdict(options),
-            [(p.source.key, p.source.patient_key, p.cache_key, p.n_slices) for p in pairs],
+    arguments = (pairs, split, options, run_dir, progress, resume)
+    if options.processes == 1:
+        network, state, reason = _run(SINGLE, device, *arguments, on_epoch=on_epoch)
+    else:
+        threads = max(torch.get_num_threads() // options.processes, 1)
+        reason = launch(
+            _run_rank, arguments, processes=options.processes, device=device, threads=threads
         )
-        checkpoint = run_dir / CHECKPOINT
-        if resume and checkpoint.exists():
-            state = load_checkpoint(checkpoint, identity, network, optimiser, scaler)
-            logger.info("resuming %s after epoch %d", run_dir, state.epoch)
-        else:
-            state = RunState(best_weights=cpu_copy(network))
-        started, first_epoch, drawn = time.monotonic(), state.epoch, time.monotonic()
-        while (reason := _stop_reason(state, options, started, first_epoch)) is None:
-            epoch_started = time.monotonic()
-            epoch = state.epoch + 1
-            train_loss, rate = _train_epoch(
-                network, optimiser, scaler, index, sampler, options, epoch, device, progress
-            )
-            val_loss, val_mae = _validate(network, index, split.val, options, device)
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=train_loss,
-                val_loss=val_loss,
-                val_mae_hu=val_mae,
-                seconds=time.monotonic() - epoch_started,
-                slices_per_second=rate,
-                learning_rate=float(optimiser.param_groups[0]["lr"]),
-            )
-            state = state.after_epoch(network, record)
-            save_checkpoint(checkpoint, identity, state, network, optimiser, scaler)
-            write_history(run_dir, state.history)
-            if time.monotonic() - drawn > CURVE_EVERY_S:  # a long run's curve, now and then
-                draw_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE)
-                drawn = time.monotonic()
-            logger.info(
-                "epoch %d: loss %.5f, validation %.5f (%.1f HU)%s, %.1f slices/s",
-                epoch, train_loss, val_loss, val_mae,
-                " best" if state.best_epoch == epoch else "", rate,
-            )  # fmt: skip
-            if on_epoch is not None:
-                on_epoch(record)
+        network = build_model(options.architecture, options.arguments)
+        state = _run_state(run_dir / CHECKPOINT, pairs, options, network)
     logger.info("stopped (%s); best epoch %d", reason, state.best_epoch)
-    draw_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE)
     network.load_state_dict(state.best_weights)
     network.to(device="cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     network.eval()
@@ -248,6 +215,138 @@ def train(
         slices=len(split.train),
         run_dir=run_dir,
     )
+
+
+def _identity(pairs: Sequence[CachedPair], options: TrainingOptions) -> dict[str, Any]:
+    return identity_of(
+        asdict(options),
+        [(p.source.key, p.source.patient_key, p.cache_key, p.n_slices) for p in pairs],
+    )
+
+
+def _run_state(
+    checkpoint: Path, pairs: Sequence[CachedPair], options: TrainingOptions, network: nn.Module
+) -> RunState:
+    """The finished run as its checkpoint holds it (the caller's RNG untouched)."""
+    optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    with torch.random.fork_rng(devices=[]):
+        return load_checkpoint(checkpoint, _identity(pairs, options), network, optimiser, scaler)
+
+
+def _run_rank(
+    ranks: Ranks,
+    device: torch.device,
+    pairs: Sequence[CachedPair],
+    split: SliceSplit,
+    options: TrainingOptions,
+    run_dir: Path,
+    progress: bool,
+    resume: bool,
+) -> str:
+    """One rank of a run on several processes; returns why it stopped."""
+    return _run(ranks, device, pairs, split, options, run_dir, progress, resume)[2]
+
+
+def _run(
+    ranks: Ranks,
+    device: torch.device,
+    pairs: Sequence[CachedPair],
+    split: SliceSplit,
+    options: TrainingOptions,
+    run_dir: Path,
+    progress: bool,
+    resume: bool,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> tuple[nn.Module, RunState, str]:
+    """The loop, on one rank (of one or several): the network, where the run ends, and why.
+
+    Rank 0 alone writes the run folder; every rank takes the same decisions (validation is
+    summed over the ranks, the stop is rank 0's).
+    """
+    index = SliceIndex(pairs)
+    sampler = EpochSampler.for_pairs(
+        pairs,
+        index,
+        split.train,
+        local_sites=options.local_sites,
+        balance=options.balance_sites,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        steps_per_epoch=options.steps_per_epoch,
+    )
+    if sampler.balanced and ranks.main:
+        logger.info("each epoch draws local and external slices in equal share")
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with (
+        torch.random.fork_rng(devices=cuda),  # seed here without touching the caller's RNG
+        torch.backends.cudnn.flags(enabled=True, benchmark=device.type == "cuda"),
+    ):
+        torch.manual_seed(options.seed)
+        network = build_model(options.architecture, options.arguments)
+        _start_head_at_mean(network, index, split.train, options.seed)
+        if ranks.world > 1:
+            network = batch_norm_over_ranks(network, device)
+        network.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        identity = _identity(pairs, options)
+        checkpoint = run_dir / CHECKPOINT
+        if resume and checkpoint.exists():
+            state = load_checkpoint(checkpoint, identity, network, optimiser, scaler)
+            if ranks.main:
+                logger.info("resuming %s after epoch %d", run_dir, state.epoch)
+        else:
+            state = RunState(best_weights=cpu_copy(network))
+        model = network if ranks.world == 1 else _data_parallel(network, device)
+        started, first_epoch, drawn = time.monotonic(), state.epoch, time.monotonic()
+        while (
+            reason := ranks.from_main(_stop_reason(state, options, started, first_epoch))
+        ) is None:
+            epoch_started = time.monotonic()
+            epoch = state.epoch + 1
+            train_loss, rate = _train_epoch(
+                model, optimiser, scaler, index, sampler, options, epoch, device,
+                progress and ranks.main, ranks,
+            )  # fmt: skip
+            val_loss, val_mae = _validate(network, index, split.val, options, device, ranks)
+            record = EpochRecord(
+                epoch=epoch,
+                train_loss=train_loss,
+                val_loss=val_loss,
+                val_mae_hu=val_mae,
+                seconds=time.monotonic() - epoch_started,
+                slices_per_second=rate,
+                learning_rate=float(optimiser.param_groups[0]["lr"]),
+            )
+            state = state.after_epoch(network, record)
+            if not ranks.main:
+                continue
+            save_checkpoint(checkpoint, identity, state, network, optimiser, scaler)
+            write_history(run_dir, state.history)
+            if time.monotonic() - drawn > CURVE_EVERY_S:  # a long run's curve, now and then
+                draw_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE)
+                drawn = time.monotonic()
+            logger.info(
+                "epoch %d: loss %.5f, validation %.5f (%.1f HU)%s, %.1f slices/s",
+                epoch, train_loss, val_loss, val_mae,
+                " best" if state.best_epoch == epoch else "", rate,
+            )  # fmt: skip
+            if on_epoch is not None:
+                on_epoch(record)
+    if ranks.main:
+        draw_loss_curve(state.history, state.best_epoch, run_dir / LOSS_CURVE)
+    return network, state, reason
+
+
+def _data_parallel(network: nn.Module, device: torch.device) -> nn.Module:
+    """`network` with its gradients averaged over the ranks (the buffers are kept equal by the
+    batch norm over all ranks, so they are not broadcast before every forward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(network, device_ids=ids, forward_sync_buffers=False)
 
 
 def _stop_reason(
@@ -292,13 +391,19 @@ def _train_epoch(
     epoch: int,
     device: torch.device,
     progress: bool,
+    ranks: Ranks = SINGLE,
 ) -> tuple[float, float]:
-    """One pass; returns the mean training loss and the training slices per second."""
+    """One pass; returns the mean training loss and the training slices per second.
+
+    Every rank gathers and augments the whole batch (one generator, the same draws as one
+    process), then trains on its rows; its loss is weighted by its share, so that the gradients
+    averaged over the ranks are those of the whole batch.
+    """
     network.train()
     loss_fn = LOSSES[options.loss]
     seed = int(np.random.SeedSequence([options.seed, 4, epoch]).generate_state(1)[0])
     generator = torch.Generator().manual_seed(seed)
-    batches = sampler.batches(epoch)
+    batches = [b for b in sampler.batches(epoch) if len(b) >= ranks.world]  # a share each
     amp = device.type == "cuda"
     total = torch.zeros((), device=device)
     seen = 0
@@ -315,21 +420,28 @@ def _train_epoch(
         x, y = random_windows(x, y, options.crop_size, generator)
         if options.augment:
             x, y = augment(x, y, generator)
+        rows = ranks.rows(len(x))
+        share = ranks.world * (rows.stop - rows.start) / len(x)
+        x, y = x[rows], y[rows]
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             prediction = network(x)
         loss = loss_fn(prediction.float(), y)
         optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        scaler.scale(loss * share).backward()
         scaler.step(optimiser)
         scaler.update()
         total += loss.detach() * len(x)
         seen += len(x)
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    sums = ranks.all_sum(
+        torch.stack([total.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = max(time.monotonic() - started, 1e-9)
-    return float(total) / max(seen, 1), seen / seconds
+    loss_sum, slices = float(sums[0]), float(sums[1])
+    return loss_sum / max(slices, 1.0), slices / seconds
 
 
 @torch.inference_mode()
@@ -339,23 +451,27 @@ def _validate(
     val: Indices,
     options: TrainingOptions,
     device: torch.device,
+    ranks: Ranks = SINGLE,
 ) -> tuple[float, float]:
-    """Validation loss and MAE in HU over every pixel of the validation slices."""
+    """Validation loss and MAE in HU over every pixel of the validation slices (the batches
+    shared out between the ranks, the sums added up)."""
     network.eval()
     loss_fn = LOSSES[options.loss]
     size = options.batch_size
-    batches = [val[i : i + size] for i in range(0, len(val), size)]
+    batches = [val[i : i + size] for i in range(0, len(val), size)][ranks.rank :: ranks.world]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     abs_sum = torch.zeros((), dtype=torch.float64, device=device)
-    pixels = 0
+    pixels = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in index.batches(batches, device):
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             prediction = network(x).float()
         loss_sum += loss_fn(prediction, y).double() * len(x)
         abs_sum += (prediction - y).abs().sum(dtype=torch.float64)
         pixels += y.numel()
+    sums = ranks.all_sum(torch.stack([loss_sum, abs_sum, pixels]))
     slices = max(len(val), 1)
-    return float(loss_sum) / slices, float(abs_sum) / max(pixels, 1) * (HU_MAX - HU_MIN)
+    mae = float(sums[1]) / max(float(sums[2]), 1.0) * (HU_MAX - HU_MIN)
+    return float(sums[0]) / slices, mae
 
 
 def manifest_for(
