@@ -11,6 +11,7 @@ from bonect.trainer.batch_augmentation import (
     GEOMETRY_ONLY,
     AugmentationOptions,
     augment,
+    dark_curve,
     random_windows,
 )
 
@@ -131,3 +132,16 @@ def test_random_windows_cut_the_same_square_from_input_and_target() -> None:
     assert torch.equal(again, x)  # the generator fixes the windows
     whole_x, whole_y = random_windows(image, target, None, _generator(3))
     assert whole_x is image and whole_y is target
+
+
+def test_the_dark_curve_moves_only_what_lies_between_air_and_soft_tissue() -> None:
+    ramp = torch.linspace(0, 1, 201).view(1, 1, 1, 201).repeat(64, 1, 1, 1)
+    curved = dark_curve(ramp, _generator(4))
+    assert torch.equal(curved[..., 100:], ramp[..., 100:])  # soft tissue (0.5) and brighter
+    assert torch.equal(curved[..., 0], ramp[..., 0])  # air
+    assert bool((torch.diff(curved, dim=-1) >= -1e-6).all())  # still monotone: an order kept
+    moved = (curved - ramp)[..., 1:100].abs().amax(dim=-1)
+    assert float(moved.median()) > 0.02  # it does move bone's signal, slice by slice
+    assert torch.equal(dark_curve(ramp, _generator(4)), curved)  # seeded
+    spared = dark_curve(ramp, _generator(4), AugmentationOptions(dark_probability=0.0))
+    assert torch.equal(spared, ramp)

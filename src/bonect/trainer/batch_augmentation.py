@@ -5,7 +5,11 @@ to 10 % zoomed back to full size, drawn per slice and applied by one ``affine_gr
 ``grid_sample`` over input and target stacked as two channels, so the two stay aligned.
 Contrast (beyond the paper, because a model must survive other vendors, hospitals and
 techniques), on the input only: a gamma and a random monotone intensity curve, a smooth
-multiplicative bias field and Gaussian noise of a random level. Everything is drawn from the
+multiplicative bias field and Gaussian noise of a random level. Optionally (``dark_probability``)
+a random monotone curve of the range below soft tissue only, air and soft tissue kept where they
+are: the bone-signal relation is what techniques, vendors and echo times change most (a PETRA
+cortex is brighter than a ZTE one of the same density), and the network should lean on shape
+more than on how dark bone is. Everything is drawn from the
 ``torch.Generator`` passed in, so a seed fixes the result; values stay in [0, 1].
 
 Before either, :func:`random_windows` may cut one random square window per slice out of input
@@ -36,6 +40,8 @@ class AugmentationOptions:
     bias_log_std: float = 0.2  # std of the log bias field on a coarse grid
     bias_cells: int = 4
     max_noise: float = 0.03  # std of the noise, in input units
+    dark_probability: float = 0.0  # per slice: a random monotone curve below soft tissue
+    max_dark_blend: float = 1.0  # its blend with the identity, at most
 
     @property
     def contrast(self) -> bool:
@@ -134,6 +140,8 @@ def contrast(
         return value.masked_fill(spared, 0.0).to(device=device, dtype=dtype).view(n, 1, 1, 1)
 
     x = inputs.clamp(0.0, 1.0)
+    if options.dark_probability > 0:
+        x = dark_curve(x, generator, options)
     # gamma, log-uniform around 1
     x = x ** torch.exp((2 * draw() - 1) * options.max_log_gamma)
     # a monotone piecewise-linear curve through (0, 0) and (1, 1), blended with the identity
@@ -160,3 +168,37 @@ def contrast(
     noise = torch.randn(x.shape, generator=noise_generator, device=device, dtype=dtype)
     x = x + sigma * noise
     return x.clamp(0.0, 1.0).contiguous(memory_format=torch.channels_last)
+
+
+SOFT_TISSUE_INPUT = 0.5
+"""Soft tissue in the network's input: the MR normalised to soft tissue 1, halved
+(:func:`bonect.converter.preprocess.model_input`)."""
+
+
+def dark_curve(
+    inputs: torch.Tensor,
+    generator: torch.Generator,
+    options: AugmentationOptions = AugmentationOptions(dark_probability=1.0),
+) -> torch.Tensor:
+    """A random monotone curve of the input below soft tissue, per slice (with probability
+    ``options.dark_probability``, blended with the identity by up to ``max_dark_blend``): air
+    (0) and soft tissue (0.5) stay, what lies between (bone, teeth, short-T2 tissue) moves."""
+    n = inputs.shape[0]
+    device, dtype = inputs.device, inputs.dtype
+    knots = 4  # segments between air and soft tissue
+    inner = torch.sort(torch.rand(n, knots - 1, generator=generator), dim=1).values
+    ys = torch.cat([torch.zeros(n, 1), inner, torch.ones(n, 1)], dim=1) * SOFT_TISSUE_INPUT
+    blend = torch.rand(n, generator=generator) * options.max_dark_blend
+    spared = torch.rand(n, generator=generator) >= options.dark_probability
+    blend = blend.masked_fill(spared, 0.0).to(device=device, dtype=dtype).view(n, 1, 1, 1)
+    ys = ys.to(device=device, dtype=dtype)
+    x = inputs.clamp(0.0, 1.0)
+    position = (x / SOFT_TISSUE_INPUT * knots).clamp(0.0, knots - 1e-6)
+    low = position.floor()
+    frac = position - low
+    index = low.long().view(n, -1)
+    below = torch.gather(ys, 1, index).view_as(x)
+    above = torch.gather(ys, 1, index + 1).view_as(x)
+    curved = below + frac * (above - below)
+    dark = x < SOFT_TISSUE_INPUT
+    return torch.where(dark, (1 - blend) * x + blend * curved, x)

@@ -38,7 +38,7 @@ from bonect.hounsfield import AIR_HU, HU_MAX, HU_MIN
 from bonect.phantom.generate import ORIENTATIONS, Acquisition, PhantomCase, generate_case
 from bonect.phantom.variation import FAMILY_NAMES, Family
 from bonect.registry import Manifest, TrainingProvenance, read_manifest
-from bonect.trainer.batch_augmentation import augment, random_windows
+from bonect.trainer.batch_augmentation import AugmentationOptions, augment, random_windows
 from bonect.trainer.losses import bone_weighted_l1
 from bonect.trainer.spread_calibration import SpreadCalibration, calibrate, spread_and_error
 from bonect.uncertainty import THRESHOLD_KEY
@@ -105,6 +105,7 @@ def train(
     family: Family = "wide",
     bone_weight: float = 1.0,
     augmentation: bool = True,
+    dark_probability: float = 0.0,
     calibration_patients: int = 2,
     init: Path | None = None,
     learning_rate: float = 1e-3,
@@ -137,6 +138,7 @@ def train(
         optimiser, T_max=max(1, epochs * per_epoch), eta_min=2e-5 if cosine else learning_rate
     )
     best_state, best_val, history = copy.deepcopy(net.state_dict()), float("inf"), []
+    options = AugmentationOptions(dark_probability=dark_probability)
     started = time.monotonic()
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -146,7 +148,7 @@ def train(
         for idx in tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False):
             x, y = random_windows(_tensor(x_train[idx]), _tensor(y_train[idx]), crop, generator)
             if augmentation:
-                x, y = augment(x, y, generator)
+                x, y = augment(x, y, generator, options)
             elif rng.random() < 0.5:  # left-right flip
                 x, y = x.flip(-1), y.flip(-1)
             loss = bone_weighted_l1(net(x), y, bone_weight)
@@ -271,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--calibration-patients", type=int, default=2, help="held-out patients for the threshold"
     )
+    parser.add_argument(
+        "--dark-curve",
+        type=float,
+        default=0.0,
+        help="share of slices whose signal below soft tissue gets a random monotone curve",
+    )
     parser.add_argument("--init", type=Path, default=None, help="model folder to fine-tune")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, at the start")
     parser.add_argument(
@@ -293,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         family=args.family,
         bone_weight=args.bone_weight,
         augmentation=not args.no_augmentation,
+        dark_probability=args.dark_curve,
         calibration_patients=args.calibration_patients,
         init=args.init,
         learning_rate=args.learning_rate,
