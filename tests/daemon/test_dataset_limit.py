@@ -9,7 +9,9 @@ process, sends: what is measured is the node's own memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,3 +178,29 @@ def test_the_daemon_streams_into_its_storage_folder_and_clears_what_a_kill_left(
     with tempfile.NamedTemporaryFile(suffix=".dcm") as streamed:  # as pynetdicom makes them
         assert Path(streamed.name).parent == folder
     assert receive_into(tmp_path / "new" / RECEIVING) == 0  # created when missing
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: pynetdicom 3.0.4 reads a PDU whole, as long as its length field says, before "
+    "any check (docs/reliability.md, 'a PDU's length field is trusted')",
+)
+def test_memory_stays_bounded_when_a_pdu_length_field_says_128_mb(start_node: StartNode) -> None:
+    """A connection that declares a 128 MB A-ASSOCIATE-RQ, then sends it: far over any maximum
+    PDU length, it should be refused from its length field rather than read into memory."""
+    node = start_node()
+    size = 128 * MB
+
+    def send() -> None:
+        address = ("127.0.0.1", node.server.port)
+        # OSError: a node that refuses the PDU closes the connection
+        with socket.create_connection(address, timeout=10) as sock, contextlib.suppress(OSError):
+            sock.sendall(b"\x01\x00" + size.to_bytes(4, "big"))
+            chunk = bytes(MB)
+            for _ in range(size // MB):
+                sock.sendall(chunk)
+            while sock.recv(4096):  # until the node has read it all and closed
+                pass
+
+    rise = peak_rss_rise(send)
+    assert rise < 40 * MB, f"the node's RSS rose by {rise / MB:.0f} MB for one 128 MB PDU"

@@ -5,7 +5,9 @@ burst from a host that is not allowed) must not lock an allowed modality out: th
 allow-list is applied at accept, before any thread, TLS handshake or association slot; the TLS
 handshake runs off the accept thread with a timeout; the association limit counts
 associations, not connections; a connection must send its A-ASSOCIATE-RQ within a timeout.
-Every refusal is logged with its reason, once per address and reason a minute.
+Every refusal is logged with its reason, once per address and reason a minute. Malformed PDUs
+(a length field of 4 GiB, a truncated A-ASSOCIATE-RQ, P-DATA before an association or cut short
+in one) leave C-ECHO answered and every thread alive.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
+from pynetdicom import build_context
+from pynetdicom.dimse_messages import C_ECHO_RQ
+from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from bonect.daemon.connection_guard import ConnectionLimits
 from bonect.daemon.scp import AccessPolicy, server_tls_context
@@ -145,3 +154,111 @@ def test_the_association_limit_counts_associations_and_is_configurable(
     assert fourth.is_established
     second.release()
     fourth.release()
+
+
+# Malformed PDUs (PS3.8 9.3): the first bytes of each, as a scanner or a broken peer sends them.
+
+
+def associate_rq_pdu(called: str = "BONECT") -> bytes:
+    """A valid A-ASSOCIATE-RQ proposing Verification, encoded."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "MODALITY", called
+    context = build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    primitive.user_information = [maximum]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def echo_p_data_pdu() -> bytes:
+    """A P-DATA-TF carrying a C-ECHO-RQ on presentation context 1, encoded."""
+    request = C_ECHO()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = Verification
+    message = C_ECHO_RQ()
+    message.primitive_to_message(request)
+    (primitive,) = message.encode_msg(1, 16384)
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def _oversized_associate_rq(sock: socket.socket) -> None:
+    sock.sendall(b"\x01\x00\xff\xff\xff\xff" + os.urandom(64))  # says 4 GiB follow
+
+
+def _truncated_associate_rq(sock: socket.socket) -> None:
+    rq = associate_rq_pdu()
+    sock.sendall(rq[: len(rq) // 2])
+
+
+def _p_data_before_association(sock: socket.socket) -> None:
+    sock.sendall(echo_p_data_pdu())
+
+
+def _oversized_p_data_in_association(sock: socket.socket) -> None:
+    sock.sendall(associate_rq_pdu())
+    assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+    sock.sendall(b"\x04\x00\xff\xff\xff\xf0" + os.urandom(64))  # over any maximum PDU length
+
+
+def _p_data_cut_short_in_association(sock: socket.socket) -> None:
+    sock.sendall(associate_rq_pdu())
+    assert sock.recv(1) == b"\x02"
+    pdu = echo_p_data_pdu()
+    sock.sendall(pdu[: len(pdu) - 10])
+
+
+MALFORMED: dict[str, Callable[[socket.socket], None]] = {
+    "oversized-associate-rq": _oversized_associate_rq,
+    "truncated-associate-rq": _truncated_associate_rq,
+    "p-data-before-association": _p_data_before_association,
+    "oversized-p-data": _oversized_p_data_in_association,
+    "p-data-cut-short": _p_data_cut_short_in_association,
+}
+
+
+@pytest.fixture
+def thread_deaths() -> Iterator[list[str]]:
+    """The threads that die of an exception meanwhile (``threading.excepthook``)."""
+    died: list[str] = []
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        died.append(f"{args.thread.name if args.thread else '?'}: {args.exc_value!r}")
+        previous(args)
+
+    threading.excepthook = hook
+    yield died
+    threading.excepthook = previous
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["left-open", "closed"])
+@pytest.mark.parametrize("send", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_pdus_leave_c_echo_answered_and_every_thread_alive(
+    start_node: StartNode,
+    sockets: list[socket.socket],
+    thread_deaths: list[str],
+    caplog: pytest.LogCaptureFixture,
+    send: Callable[[socket.socket], None],
+    close: bool,
+) -> None:
+    node = start_node()
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(5):
+            sock = connect(node.server.port, sockets)
+            send(sock)
+            if close:
+                sock.close()
+        assoc = associate(node.server.port, timeout=5)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    assert not thread_deaths
+    tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("bonect")]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from bonect.converter.series import ImageSeries, SourceImage
@@ -43,6 +44,18 @@ F64 = npt.NDArray[np.float64]
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
 _PER_FRAME_TAG = 0x52009230  # PerFrameFunctionalGroupsSequence
+_MALFORMED = (
+    AttributeError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    NotImplementedError,  # an unknown VR: one damaged byte in an explicit VR header
+    OSError,  # without an errno: "No tag to read at file position ...", a sequence cut short
+    BytesLengthException,  # a value whose length does not fit its VR ("SQ" damaged to "SS")
+    InvalidDicomError,
+)
+"""What pydicom raises where a malformed value is first used (datasets are parsed lazily)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +154,9 @@ def read_series_datasets(datasets: Sequence[Dataset], *, modality: str) -> Image
         return _read_series(datasets, modality)
     except SeriesError:
         raise
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+    except _MALFORMED as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the disk or the file system: may pass
         # pydicom converts values lazily: a malformed attribute fails where it is first used
         logger.debug("malformed DICOM attribute", exc_info=True)
         raise SeriesError(f"malformed or missing DICOM attribute ({_one_line(exc)})") from exc
@@ -196,8 +211,11 @@ def _read_file(path: Path) -> Dataset:
         raise SeriesError(f"{path}: not a DICOM file") from exc
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise SeriesError(f"{path}: no such file") from exc
-    except OSError:
-        raise
+    except OSError as exc:
+        if exc.errno is not None:  # the disk or the file system: may pass
+            raise
+        # pydicom's own, e.g. "No tag to read at file position ...": a sequence cut short
+        raise SeriesError(f"{path}: unreadable or truncated DICOM file ({_one_line(exc)})") from exc
     except Exception as exc:  # pydicom raises many types for damaged files
         raise SeriesError(f"{path}: unreadable or truncated DICOM file ({_one_line(exc)})") from exc
 
@@ -298,6 +316,12 @@ def _frames_of(ds: Dataset, uid: str) -> list[_Frame]:
             raise SeriesError(f"{where}: {plane.problem} (series {uid})", series_uid=uid)
         transform = functional_group(ds, index, "PixelValueTransformationSequence")
         rescale = _rescale(ds if transform is None else transform)
+        if not all(math.isfinite(value) for value in rescale):  # "NaN", "inf", "1e999"
+            raise SeriesError(
+                f"{where}: RescaleSlope and RescaleIntercept must be finite, not "
+                f"{rescale[0]:g} and {rescale[1]:g} (series {uid})",
+                series_uid=uid,
+            )
         frame_index = index if enhanced else None
         geometry = (position, orientation, spacing, rows, columns)
         frames.append(_Frame(ds, where, frame_index, *geometry, *rescale))
@@ -341,15 +365,20 @@ def _check_geometry(frames: Sequence[_Frame], uid: str) -> tuple[list[_Frame], F
 
 
 def _pixels(frames: Sequence[_Frame], uid: str) -> npt.NDArray[np.float32]:
-    """Decode every frame (each dataset once) into a float32 [slice, row, column] array."""
+    """Decode every frame (each dataset once) into a float32 [slice, row, column] array.
+
+    Every dataset is decoded (and its size checked against Rows and Columns) before the volume
+    is allocated, so the allocation is bounded by pixel data that exists, never by a header's
+    claim (Rows = Columns = 65535 would ask for 16 GiB a slice)."""
     rows, columns = frames[0].rows, frames[0].columns
-    out = np.empty((len(frames), rows, columns), dtype=np.float32)
     decoded: dict[int, npt.NDArray[Any]] = {}
-    for k, frame in enumerate(frames):
+    for frame in frames:
         key = id(frame.dataset)
         if key not in decoded:
             decoded[key] = _decode(frame.dataset, rows, columns, uid)
-        image = decoded[key][0 if frame.index is None else frame.index]
+    out = np.empty((len(frames), rows, columns), dtype=np.float32)
+    for k, frame in enumerate(frames):
+        image = decoded[id(frame.dataset)][0 if frame.index is None else frame.index]
         out[k] = image.astype(np.float32) * np.float32(frame.slope) + np.float32(frame.intercept)
     return out
 
