@@ -16,9 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bonect.converter.volume import write_nifti
-from bonect.phantom.generate import Acquisition, generate_case
-from bonect.trainer.cache import CachedPair, PairSource, build_cache
+from bonect.trainer.cache import CachedPair
 from bonect.trainer.cli import main as trainer_main
 from bonect.trainer.curves import EpochRecord
 from bonect.trainer.parallel import AllRanksBatchNorm, batch_norm_over_ranks, check_processes
@@ -58,18 +56,9 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory: pytest.TempPathFactory) -> list[CachedPair]:
-    """Three coarse phantom patients, cached at 32² (as in test_training.py)."""
-    root = tmp_path_factory.mktemp("parallel-pairs")
-    sources = []
-    for index in (1, 2, 3):
-        case = generate_case(
-            11, index, acquisition=Acquisition("axial", (4.0, 4.0, 4.0)), ct_acquisition=None
-        )
-        mr = write_nifti(case.mr, root / f"p{index}" / "mr.nii.gz")
-        ct = write_nifti(case.ct_on_mr, root / f"p{index}" / "ct.nii.gz")
-        sources.append(PairSource(f"external-phantom/PH{index:04d}", f"key{index}", mr, ct))
-    return build_cache(root / "cache", sources, 32, progress=False)
+def pairs(coarse_pairs: list[CachedPair]) -> list[CachedPair]:
+    """Three coarse phantom patients, cached at 32² (conftest)."""
+    return coarse_pairs
 
 
 @pytest.fixture(scope="module")

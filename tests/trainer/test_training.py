@@ -13,16 +13,12 @@ import torch
 
 from bonect.converter.model_folder import load_model, save_model
 from bonect.converter.networks import build_model
-from bonect.converter.volume import write_nifti
-from bonect.phantom.generate import Acquisition, generate_case
 from bonect.trainer.batch_augmentation import augment
 from bonect.trainer.cache import (
     HU_MAX,
     HU_MIN,
     CachedPair,
-    PairSource,
     SliceIndex,
-    build_cache,
     split_patients,
 )
 from bonect.trainer.curves import EpochRecord, read_history
@@ -35,8 +31,9 @@ from bonect.trainer.training import (
     manifest_for,
     train,
 )
+from trainer.conftest import COARSE_SIZE
 
-SIZE = 32
+SIZE = COARSE_SIZE  # the cached pairs of conftest
 OPTIONS = TrainingOptions(
     arguments={"base_filters": 8, "levels": 3},
     batch_size=8,
@@ -57,18 +54,9 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory: pytest.TempPathFactory) -> list[CachedPair]:
-    """Three coarse phantom patients, cached at 32² (about 70 slices each)."""
-    root = tmp_path_factory.mktemp("training-pairs")
-    sources = []
-    for index in (1, 2, 3):
-        case = generate_case(
-            11, index, acquisition=Acquisition("axial", (4.0, 4.0, 4.0)), ct_acquisition=None
-        )
-        mr = write_nifti(case.mr, root / f"p{index}" / "mr.nii.gz")
-        ct = write_nifti(case.ct_on_mr, root / f"p{index}" / "ct.nii.gz")
-        sources.append(PairSource(f"external-phantom/PH{index:04d}", f"key{index}", mr, ct))
-    return build_cache(root / "cache", sources, SIZE, progress=False)
+def pairs(coarse_pairs: list[CachedPair]) -> list[CachedPair]:
+    """Three coarse phantom patients, cached at 32² (conftest)."""
+    return coarse_pairs
 
 
 @pytest.fixture(scope="module")

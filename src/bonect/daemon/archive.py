@@ -25,7 +25,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from bonect.dicom.files import fsync_dir
 from bonect.dicom.header import InstanceHeader
@@ -101,18 +103,7 @@ class Archive:
         """
         path = self.path_for(header)
         self._make_folders(path.parent)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encoded)
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+        self._replace(path, lambda f: f.write(encoded))
         if self._fsync:
             fsync_dir(path.parent)
         logger.debug("archived %s (%d bytes) at %s", header.sop_instance_uid, len(encoded), path)
@@ -158,10 +149,16 @@ class Archive:
                 fsync_dir(missing.parent)
 
     def _copy_in(self, source: Path, path: Path) -> None:
+        with source.open("rb") as src:
+            self._replace(path, lambda f: shutil.copyfileobj(src, f, _COPY_CHUNK))
+
+    def _replace(self, path: Path, fill: Callable[[BinaryIO], object]) -> None:
+        """Write ``path`` whole or not at all: ``fill`` writes a ``.*.part`` file beside it,
+        which is fsync'd (with ``fsync``) and renamed over ``path``; removed on failure."""
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as f, source.open("rb") as src:
-                shutil.copyfileobj(src, f, _COPY_CHUNK)
+            with os.fdopen(fd, "wb") as f:
+                fill(f)
                 f.flush()
                 if self._fsync:
                     os.fsync(f.fileno())
