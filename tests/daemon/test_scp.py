@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,6 +225,23 @@ def test_an_undecodable_dataset_gets_c210(
 
     assert store(node.server.port, [garbage]) == [0xC210]
     assert archived(node) == [] and node.sink.records == []
+
+
+def test_a_disk_error_reading_the_data_set_gets_a700_and_a_damaged_one_c210(
+    tmp_path: Path,
+) -> None:
+    """An OSError with an errno is the disk's (EIO): the sender may try again later (0xA700);
+    pydicom's own OSError ("No tag to read at file position ...") is the data set's (0xC210)."""
+    receiver = Receiver(archive=Archive.open(tmp_path), sink=RecordingSink())
+
+    def receive(error: OSError) -> int:
+        def unreadable() -> Dataset:
+            raise error
+
+        return receiver.receive(unreadable, lambda: b"", association_id="a").status
+
+    assert receive(OSError(errno.EIO, "Input/output error")) == 0xA700
+    assert receive(OSError("No tag to read at file position 0x84")) == 0xC210
 
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])

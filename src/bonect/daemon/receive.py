@@ -216,6 +216,10 @@ class Receiver:
             header = read_header(dataset(), transfer_syntax_uid=transfer_syntax_uid)
         except HeaderError as exc:
             return Receipt(CANNOT_UNDERSTAND, str(exc))
+        except OSError as exc:
+            if exc.errno is not None:  # the disk, not the data set: the sender may try again
+                return Receipt(OUT_OF_RESOURCES, f"the data set could not be read: {exc}")
+            return Receipt(CANNOT_UNDERSTAND, f"undecodable dataset: {exc!r}")  # pydicom's own
         except Exception as exc:  # not DICOM, truncated, undecodable
             return Receipt(CANNOT_UNDERSTAND, f"undecodable dataset: {exc!r}")
         uid = header.sop_instance_uid
