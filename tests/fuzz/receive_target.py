@@ -34,7 +34,6 @@ import io
 import logging
 import shutil
 import zlib
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,8 +61,8 @@ from bonect.daemon.receive import (
     Receipt,
     Receiver,
 )
-from bonect.dicom.header import InstanceHeader
 from bonect.dicom.uids import InvalidUIDError, validate_uid
+from daemon.scp_support import RecordingSink
 
 TRANSFER_SYNTAXES = (
     ImplicitVRLittleEndian,
@@ -82,24 +81,6 @@ NOW = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
 
 class InvariantViolation(AssertionError):
     """The receive path broke one of its promises for this input."""
-
-
-@dataclass
-class MemorySink:
-    """An :class:`~bonect.daemon.receive.InstanceSink` that keeps the headers it is given."""
-
-    records: list[tuple[InstanceHeader, Path]] = field(default_factory=list)
-
-    def record(
-        self,
-        header: InstanceHeader,
-        path: Path,
-        *,
-        received_at: datetime,
-        association_id: str,
-        calling_ae: str | None,
-    ) -> None:
-        self.records.append((header, path))
 
     def association_ended(self, association_id: str, at: datetime, *, aborted: bool) -> None:
         pass
@@ -146,7 +127,7 @@ class ReceiveTarget:
         self.receiving = storage / "receiving"
         self.receiving.mkdir(parents=True, exist_ok=True)
         self.archive = Archive.open(storage, fsync=False)
-        self.sink = MemorySink()
+        self.sink = RecordingSink()
         self.receiver = Receiver(
             archive=self.archive, sink=self.sink, free_bytes=lambda: 10**12, clock=lambda: NOW
         )
@@ -217,7 +198,7 @@ class ReceiveTarget:
             raise InvariantViolation(f"archived at {path}, files {stored}")
         if path.read_bytes() != received:
             raise InvariantViolation("the archived bytes are not the bytes received")
-        if [p for _, p in self.sink.records] != [path]:
+        if [r.path for r in self.sink.records] != [path]:
             raise InvariantViolation(f"recorded {self.sink.records}")
 
     def _files(self) -> list[Path]:
