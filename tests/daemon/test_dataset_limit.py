@@ -180,11 +180,6 @@ def test_the_daemon_streams_into_its_storage_folder_and_clears_what_a_kill_left(
     assert receive_into(tmp_path / "new" / RECEIVING) == 0  # created when missing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: pynetdicom 3.0.4 reads a PDU whole, as long as its length field says, before "
-    "any check (docs/reliability.md, 'a PDU's length field is trusted')",
-)
 def test_memory_stays_bounded_when_a_pdu_length_field_says_128_mb(start_node: StartNode) -> None:
     """A connection that declares a 128 MB A-ASSOCIATE-RQ, then sends it: far over any maximum
     PDU length, it should be refused from its length field rather than read into memory."""

@@ -27,8 +27,8 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from bonect.daemon.connection_guard import ConnectionLimits
-from bonect.daemon.scp import AccessPolicy, server_tls_context
+from bonect.daemon.connection_guard import OTHER_PDU_LIMIT, ConnectionLimits, PduLengthBound
+from bonect.daemon.scp import MAXIMUM_PDU_SIZE, AccessPolicy, server_tls_context
 from daemon.scp_support import Pki, StartNode, associate, rejection
 
 LOOPBACK = "127.0.0.1"
@@ -262,3 +262,68 @@ def test_malformed_pdus_leave_c_echo_answered_and_every_thread_alive(
     assert not thread_deaths
     tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("bonect")]
     assert not tracebacks, [r.getMessage() for r in tracebacks]
+
+
+# A PDU's length field is checked before its body is read (connection_guard.PduLengthBound).
+
+
+@pytest.mark.parametrize(
+    ("associate_first", "header"),
+    [
+        (False, b"\x01\x00" + (OTHER_PDU_LIMIT + 1).to_bytes(4, "big")),  # A-ASSOCIATE-RQ
+        (True, b"\x04\x00" + (MAXIMUM_PDU_SIZE + 1).to_bytes(4, "big")),  # P-DATA-TF
+    ],
+    ids=["associate-rq-over-the-limit", "p-data-over-our-maximum"],
+)
+def test_a_pdu_longer_than_we_accept_is_refused_from_its_header(
+    start_node: StartNode,
+    sockets: list[socket.socket],
+    caplog: pytest.LogCaptureFixture,
+    associate_first: bool,
+    header: bytes,
+) -> None:
+    """Only the header is sent: a node that waited for the body would keep the connection open
+    (until the 60 s network timeout); one that checks the length closes it at once."""
+    node = start_node()
+    with caplog.at_level(logging.WARNING, logger="bonect"):
+        sock = connect(node.server.port, sockets)
+        if associate_first:
+            sock.sendall(associate_rq_pdu())
+            assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+            sock.settimeout(5)
+            sock.recv(65536)  # the rest of it
+        sock.sendall(header)
+        assert closed_by_peer(sock)
+    refusals = [r.getMessage() for r in caplog.records if "declares" in r.getMessage()]
+    declared = int.from_bytes(header[2:], "big")
+    assert len(refusals) == 1 and f"declares {declared} bytes" in refusals[0], refusals
+    assoc = associate(node.server.port, timeout=5)  # and the node still serves
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_a_p_data_tf_of_exactly_our_maximum_is_read() -> None:
+    """The bound is the declared maximum itself (PS3.8 D.1), not one byte less; other PDUs are
+    bounded by OTHER_PDU_LIMIT; a maximum of 0 declares no limit on P-DATA-TF."""
+    reads: list[int] = []
+    refused: list[tuple[int, int, int]] = []
+
+    def recv(nr_bytes: int) -> bytearray:
+        reads.append(nr_bytes)
+        if nr_bytes == 6:
+            return bytearray(b"\x04\x00") + bytearray(4)  # the header is parsed only for its type
+        return bytearray(nr_bytes)
+
+    def refuse(pdu_type: int, length: int, limit: int) -> None:
+        refused.append((pdu_type, length, limit))
+
+    bound = PduLengthBound(recv, 1000, refuse)
+    assert len(bound.recv(6)) == 6 and len(bound.recv(1000)) == 1000  # a body of exactly 1000
+    assert len(bound.recv(6)) == 6 and len(bound.recv(6)) == 6  # a body of 6 is not a header
+    assert len(bound.recv(6)) == 6 and bound.recv(1001) == bytearray()
+    assert refused == [(0x04, 1001, 1000)]
+    assert reads == [6, 1000, 6, 6, 6]  # the refused body was never read
+    assert bound.limit(0x01) == OTHER_PDU_LIMIT
+    unlimited = PduLengthBound(recv, 0, refuse)
+    assert len(unlimited.recv(6)) == 6 and len(unlimited.recv(OTHER_PDU_LIMIT * 2)) > 0

@@ -15,6 +15,11 @@ garbage (ten such connections lock everyone out; see FIELD-NOTES.md).
 4. in ``EVT_REQUESTED`` (:meth:`AssociationSlots.try_take`): at most ``max_associations``
    *associations* at once; beyond, "Rejected Transient: Local Limit Exceeded".
 
+Throughout, every PDU's length field is checked before its body is read
+(:class:`PduLengthBound`): pynetdicom would read as much as the 4-byte field says (up to 4 GiB)
+into memory first. A P-DATA-TF longer than the maximum length we declared, or any other PDU over
+:data:`OTHER_PDU_LIMIT`, ends the connection unread.
+
 Every refusal is logged once per address and reason a minute (:class:`RefusalLog`), with the
 count of those not logged: a scanner's burst is one line, not fifty.
 """
@@ -31,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from bonect.audit import MINOR_FAILURE, AuditEvent, AuditTrail, Participant
 
@@ -41,6 +46,12 @@ if TYPE_CHECKING:
     from bonect.daemon.scp import AccessPolicy
 
 logger = logging.getLogger(__name__)
+
+PDU_HEADER_LENGTH = 6  # type, reserved, 4-byte length (PS3.8 9.3.1)
+P_DATA_TF = 0x04
+#: The longest PDU other than P-DATA-TF we read: an A-ASSOCIATE-RQ with all 128 presentation
+#: contexts, each with a dozen transfer syntaxes, and a user identity is well under 256 kB.
+OTHER_PDU_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,9 +213,84 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             with self._count_lock:
                 self._handshaking -= 1
 
+    def refuse_pdu(self, address: str, pdu_type: int, length: int, limit: int) -> None:
+        """A PDU's length field is over what we read: logged (and audited), then closed."""
+        self._refusals.refused(
+            address,
+            f"a PDU of type 0x{pdu_type:02X} declares {length} bytes, over the {limit} we accept",
+            "PDU",
+        )
+
     def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
         assert self.ssl_context is not None
         raw.settimeout(self._limits.request_timeout)
         wrapped = self.ssl_context.wrap_socket(raw, server_side=True)
         wrapped.settimeout(None)  # as an accepted socket is: pynetdicom selects before reading
         return wrapped
+
+
+class PduLengthBound:
+    """One association's reads, refusing a PDU whose length field is over its bound.
+
+    pynetdicom's DUL reads each PDU in two calls of ``AssociationSocket.recv``: its 6-byte
+    header, then as many bytes as the header's length field says. This stands in for ``recv``
+    and answers the second call with nothing when the length is over the bound: pynetdicom then
+    sees the connection closed (Evt17) and ends the association without reading the body.
+
+    ``max_data_length`` is the maximum PDU length we declared (PS3.8 D.1: the longest
+    P-DATA-TF the peer may send us; 0 declares no limit); other PDUs are bounded by
+    :data:`OTHER_PDU_LIMIT`. ``refused(pdu_type, length, limit)`` is called once when refusing.
+    """
+
+    def __init__(
+        self,
+        recv: Callable[[int], bytearray],
+        max_data_length: int,
+        refused: Callable[[int, int, int], None],
+    ) -> None:
+        self._recv = recv
+        self._max_data_length = max_data_length
+        self._refused = refused
+        self._body_of: int | None = None  # the PDU type whose body the next read is
+
+    def limit(self, pdu_type: int) -> int:
+        """The longest body of this PDU type we read (0: no limit)."""
+        return self._max_data_length if pdu_type == P_DATA_TF else OTHER_PDU_LIMIT
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        pdu_type, self._body_of = self._body_of, None
+        if pdu_type is not None:
+            limit = self.limit(pdu_type)
+            if limit and nr_bytes > limit:
+                self._refused(pdu_type, nr_bytes, limit)
+                return bytearray()
+            return self._recv(nr_bytes)
+        data = self._recv(nr_bytes)
+        if nr_bytes == PDU_HEADER_LENGTH and len(data) == PDU_HEADER_LENGTH:
+            self._body_of = data[0]
+        return data
+
+
+class BoundedPduRequestHandler(RequestHandler):
+    """pynetdicom's handler of an accepted connection, its reads under a :class:`PduLengthBound`.
+
+    Given to ``AE.make_server(..., request_handler=BoundedPduRequestHandler)`` together with
+    ``server_class=GuardedAssociationServer``.
+    """
+
+    server: GuardedAssociationServer
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        sock = assoc.dul.socket
+        if sock is None:  # pragma: no cover - pynetdicom sets it just above
+            raise RuntimeError("pynetdicom made an association without its socket")
+        address = str(self.client_address[0])
+
+        def refused(pdu_type: int, length: int, limit: int) -> None:
+            self.server.refuse_pdu(address, pdu_type, length, limit)
+
+        bound = PduLengthBound(sock.recv, self.ae.maximum_pdu_size, refused)
+        # pynetdicom builds the AssociationSocket itself: its reads are bounded on the instance
+        sock.recv = bound.recv  # type: ignore[method-assign]
+        return assoc

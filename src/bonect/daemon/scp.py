@@ -9,7 +9,8 @@ the handler never raises. Data sets are streamed to a temporary file as they arr
 held whole in memory, :mod:`bonect.daemon.incoming`): one over the receiver's
 ``max_dataset_bytes`` is answered 0xA700 and deleted, and an association whose data set grows
 past twice that is aborted there, so it cannot fill the disk either. The maximum PDU length we
-declare (:data:`MAXIMUM_PDU_SIZE`) bounds what is read into memory at once.
+declare (:data:`MAXIMUM_PDU_SIZE`) bounds what is read into memory at once: a PDU whose length
+field says more is refused unread (:class:`~bonect.daemon.connection_guard.PduLengthBound`).
 
 Connections go through :mod:`bonect.daemon.connection_guard` first (the address allow-list
 at accept, the TLS handshake off the accept thread, the pending and association limits of
@@ -43,6 +44,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from bonect.audit import AuditEvent, AuditTrail, Participant
 from bonect.daemon.connection_guard import (
     AssociationSlots,
+    BoundedPduRequestHandler,
     ConnectionLimits,
     GuardedAssociationServer,
     RefusalLog,
@@ -387,6 +389,7 @@ class StorageServer:
             (host, port),
             ssl_context=ssl_context,
             server_class=GuardedAssociationServer,
+            request_handler=BoundedPduRequestHandler,
             evt_handlers=[
                 (evt.EVT_CONN_OPEN, set_nodelay),
                 (evt.EVT_REQUESTED, handlers.on_requested),
