@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from bonect.converter.inference import pick_device
 from bonect.daemon.archive import Archive
 from bonect.daemon.connection_guard import ConnectionLimits
 from bonect.daemon.dropfolder import DropFolder
+from bonect.daemon.loop import StepGuard, run_loop
 from bonect.daemon.model_holder import ModelHolder
 from bonect.daemon.prometheus import NodeMetrics
 from bonect.daemon.receive import Receiver
@@ -45,7 +46,6 @@ from bonect.daemon.settle import settle_once
 from bonect.daemon.simulated import ENVIRONMENT_VARIABLE, simulated_forward_seconds
 from bonect.daemon.worker import Route, Worker, WorkerSettings
 from bonect.dicom.header import InstanceHeader
-from bonect.errors import BonectError, RetryableError
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +225,18 @@ class Node:
     audit: AuditTrail | None = None  # [audit]: the security-relevant events
     role: NodeRole = NodeRole.ALL
     last_housekeeping: datetime | None = None
-    backoff: RetryPolicy = STEP_BACKOFF  # after a failed step
-    failed_steps: int = 0  # steps in a row that failed
-    resume_at: datetime | None = None  # no step before this, after a failed one
+    guard: StepGuard = field(default_factory=lambda: StepGuard(STEP_BACKOFF))
+    jobs_queued: threading.Event = field(default_factory=threading.Event)  # wakes the worker
+
+    @property
+    def failed_steps(self) -> int:
+        """Steps in a row that failed (of :meth:`step`, or of the worker's loop in :meth:`run`)."""
+        return self.guard.failed_steps
+
+    @property
+    def resume_at(self) -> datetime | None:
+        """No step before this, after a failed one."""
+        return self.guard.resume_at
 
     @classmethod
     def open(
@@ -348,55 +357,42 @@ class Node:
         return self
 
     def step(self, now: datetime) -> bool:
-        """Settle what is complete, then process one job; True when a job was processed.
+        """Settle what is complete, process one job, then housekeeping when due; True when a
+        job was processed. One thread does it all: tests drive the node with it, and
+        :meth:`run` with a worker and no receiving.
 
-        Never raises: this is the loop's error boundary. A step that fails (the catalog or the
-        disk did not answer) is logged, and no step runs before ``resume_at``, which backs off
-        exponentially while failures go on (as huey's consumer does) and clears on success.
+        Never raises: :class:`~bonect.daemon.loop.StepGuard` is the error boundary.
         """
-        if self.resume_at is not None and now < self.resume_at:
-            return False
-        worked = False
-        try:
-            if self.role.receives:
-                queued = settle_once(
-                    self.catalog,
-                    self.config.rules,
-                    now,
-                    quiet_seconds=self.config.settle.quiet_seconds,
-                    aborted_quiet_seconds=self.config.settle.aborted_quiet_seconds,
-                    audit=self.audit,
-                )
-                if queued:
-                    self.metrics.series_completed.inc(len(queued))
-            if self.worker is not None:
-                worked = self.worker.run_once(now)
-            due = self.last_housekeeping is None or now - self.last_housekeeping > HOUSEKEEPING
-            if due and self.role.receives:  # the shared archive's, done by its receivers
-                self.last_housekeeping = now  # first: a failing housekeeping waits for its turn
-                self.housekeeping(now)
-        except Exception as exc:  # the boundary: log, back off, go on
-            self._back_off(now, exc)
-            return worked
-        if self.failed_steps:
-            logger.info("steps succeed again after %d failure(s)", self.failed_steps)
-        self.failed_steps = 0
-        self.resume_at = None
-        return worked
-
-    def _back_off(self, now: datetime, exc: Exception) -> None:
-        self.failed_steps += 1
-        self.resume_at = now + self.backoff.delay(self.failed_steps)
-        # a BonectError's message is for operators; another's may quote SQL parameters
-        why = str(exc) if isinstance(exc, BonectError) else type(exc).__name__
-        log = logger.warning if isinstance(exc, RetryableError) else logger.error
-        log(
-            "step failed (%d in a row), next try at %s: %s",
-            self.failed_steps,
-            self.resume_at.isoformat(timespec="seconds"),
-            why,
+        return self.guard.attempt(
+            now, lambda: self._settle(now), lambda: self._work(now), lambda: self._tidy(now)
         )
-        logger.debug("the step's failure", exc_info=exc)
+
+    def _settle(self, now: datetime) -> bool:
+        """Queue the series that are complete (a receiving node's duty); False: not a job."""
+        if not self.role.receives:
+            return False
+        queued = settle_once(
+            self.catalog,
+            self.config.rules,
+            now,
+            quiet_seconds=self.config.settle.quiet_seconds,
+            aborted_quiet_seconds=self.config.settle.aborted_quiet_seconds,
+            audit=self.audit,
+        )
+        if queued:
+            self.metrics.series_completed.inc(len(queued))
+            self.jobs_queued.set()
+        return False
+
+    def _work(self, now: datetime) -> bool:
+        return self.worker.run_once(now) if self.worker is not None else False
+
+    def _tidy(self, now: datetime) -> bool:
+        due = self.last_housekeeping is None or now - self.last_housekeeping > HOUSEKEEPING
+        if due and self.role.receives:  # the shared archive's, done by its receivers
+            self.last_housekeeping = now  # first: a failing housekeeping waits for its turn
+            self.housekeeping(now)
+        return False
 
     def housekeeping(self, now: datetime) -> None:
         """Delete ignored series at once, and sCT outputs older than the retention period.
@@ -421,24 +417,39 @@ class Node:
             logger.info("removed the files of series %s", series_uid)
 
     def run(self, stop: threading.Event) -> None:
-        """Step until `stop` is set; sleep briefly when idle, wake early on association end,
-        and wait out the backoff after a failed step."""
+        """Step until ``stop`` is set, waking early on an association's end.
+
+        A node that receives and converts runs two loops: settling and housekeeping in a
+        thread of their own, the worker in this one, each with its own error boundary. A
+        series that arrives during a conversion is settled and queued when it is complete, not
+        when the conversion ends; the worker is woken when a job is queued.
+        """
         if self.models is not None:
             self.models.watch()
         if self.dropfolder is not None:
             self.dropfolder.start()
-        idle = 0.05
-        while not stop.is_set():
-            worked = self.step(self.clock())
-            if worked:
-                idle = 0.05
-                continue
-            if self.resume_at is not None:  # backing off: only a stop cuts it short
-                stop.wait(timeout=max(0.0, (self.resume_at - self.clock()).total_seconds()))
-                continue
-            self.wake.wait(timeout=idle)
-            self.wake.clear()
-            idle = min(idle * 2, 1.0)
+        if self.worker is None or not self.role.receives:
+            run_loop(stop, self.step, self.guard, self.wake, self.clock)
+            return
+        receiving = StepGuard(STEP_BACKOFF, name="settle step")
+
+        def settle_step(now: datetime) -> bool:
+            return receiving.attempt(now, lambda: self._settle(now), lambda: self._tidy(now))
+
+        def work_step(now: datetime) -> bool:
+            return self.guard.attempt(now, lambda: self._work(now))
+
+        settler = threading.Thread(
+            target=run_loop,
+            args=(stop, settle_step, receiving, self.wake, self.clock),
+            name="bonect-settle",
+        )
+        settler.start()
+        try:
+            run_loop(stop, work_step, self.guard, self.jobs_queued, self.clock)
+        finally:
+            stop.set()  # (already set, unless the worker's loop ended by an exception)
+            settler.join()
 
     def close(self) -> None:
         if self.server is not None:
