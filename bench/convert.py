@@ -19,6 +19,7 @@ from other processes hits each of them alike; the table gives medians.
 is fully convolutional), for smoke tests only.
 
     python bench/convert.py [--quick] [--runs 3] [--sizes 256,512] [--threads N]
+                            [--precision auto|float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -99,11 +100,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     planes = PLANES.get(args.case, ())
     result: dict[str, Any] = {"case": args.case, "threads": torch.get_num_threads()}
     if args.case.startswith("bare"):
-        model = load_model(args.model, device=device)
+        from bonect.converter.inference import forward_context
+
+        model = load_model(args.model, device=device, precision=args.precision)
         size = model.manifest.input_size
         n = len(planes) * size
         x = torch.rand(BATCH, 1, size, size).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        # the same arithmetic as the pipeline's forward (predict_plane), so the ratio is fair
+        with torch.inference_mode(), forward_context(device, model.precision):
             model.network(x)  # warm
             started = time.perf_counter()
             for start in range(0, n, BATCH):
@@ -115,7 +119,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
         stages: dict[str, float] = {}
         _instrument(stages)
-        method = Classical() if args.case == "classical" else load_model(args.model, device=device)
+        method = (
+            Classical()
+            if args.case == "classical"
+            else load_model(args.model, device=device, precision=args.precision)
+        )
         out = Path(args.out)
         started = time.perf_counter()
         written = convert_path(
@@ -184,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="classical,unet-1,unet-3")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per child")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+    parser.add_argument(
+        "--precision", default="auto", help="the forward's arithmetic, as [converter] precision"
+    )
     # the child's arguments
     parser.add_argument("--child", dest="case", default="")
     parser.add_argument("--series", type=Path)
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="convert-", dir=CACHE))
     model = quick_model(work) if args.quick else bundled_model()
-    common = ["--model", str(model), "--threads", str(args.threads)]
+    common = ["--model", str(model), "--threads", str(args.threads), "--precision", args.precision]
     folders = {size: series_folder(spec) for size, spec in specs.items()}
     results: dict[tuple[str, int | None], Case] = {}
     plan: list[tuple[str, int | None]] = [(c, s) for s in specs for c in cases]
@@ -302,7 +313,8 @@ def report(
         ),
         "",
         f"Median of {args.runs} runs, each case in its own process; batch {BATCH}, CPU, "
-        f"torch threads {args.threads or 'default'}. "
+        f"torch threads {args.threads or 'default'}, precision {args.precision} "
+        "(pipeline and bare alike). "
         "slices/s = slices forwarded (planes × model input size) / seconds per volume; "
         "ratio = bare seconds / pipeline seconds.",
         "",

@@ -74,3 +74,25 @@ def test_unet_beats_the_classical_map_on_a_shifted_patient_it_never_saw_the_like
     m_classical = compute_metrics(classical.array, case.ct_on_mr.array, mask=body, body_mask=body)
     assert m_unet.mae_body < 0.75 * m_classical.mae_body, (m_unet, m_classical)
     assert m_unet.bone_dice > m_classical.bone_dice, (m_unet, m_classical)
+
+
+def test_bfloat16_scores_the_held_out_child_as_float32_does(held_out_case) -> None:  # type: ignore[no-untyped-def]
+    """``[converter] precision``: on a CPU ``auto`` may compute in bfloat16 (2-3x faster here);
+    the sCT must stay what float32 gives, to well under the differences between methods."""
+    case = held_out_case
+    body = case.labels.array > 0
+    ct = case.ct_on_mr.array
+    scts = {
+        precision: convert(
+            case.mr,
+            load_model(bundled_model(), precision=precision),  # type: ignore[arg-type]
+            planes=("axial",),
+            device=torch.device("cpu"),
+        ).sct.array
+        for precision in ("float32", "bfloat16")
+    }
+    difference = np.abs(scts["bfloat16"] - scts["float32"])[body]
+    assert difference.mean() < 2.0, difference.mean()  # HU
+    assert np.percentile(difference, 99.9) < 60.0, np.percentile(difference, 99.9)
+    mae = {p: compute_metrics(s, ct, mask=body, body_mask=body).mae for p, s in scts.items()}
+    assert abs(mae["bfloat16"] - mae["float32"]) < 1.0, mae

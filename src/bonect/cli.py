@@ -10,11 +10,23 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from bonect import __version__
 from bonect.cli_boundary import positive_int, run, spacing_arg
+from bonect.config import Precision
 
 logger = logging.getLogger("bonect")
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=get_args(Precision),
+        default="auto",
+        help="the U-Net's arithmetic (default auto: float16 on CUDA, bfloat16 on a CPU that has "
+        "it natively, else float32)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="planes to predict in and fuse by median (default: all three)",
     )
     convert.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_precision_option(convert)
     convert.add_argument("--batch-size", type=positive_int, default=16)
     convert.add_argument(
         "--threads",
@@ -147,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quality.add_argument("--family", choices=("classic", "wide", "shifted"), default="shifted")
     quality.add_argument("--patients", type=positive_int, default=8)
+    add_precision_option(quality)
     quality.add_argument("--seed", type=int, default=4242, help="cohort seed (4242)")
     quality.add_argument(
         "--model", type=Path, default=None, help="model folder (default: the bundled model)"
@@ -163,7 +177,7 @@ def _quality(args: argparse.Namespace) -> int:
     from bonect.converter.model_folder import load_model
     from bonect.demo import bundled_model
 
-    model = load_model(args.model or bundled_model())
+    model = load_model(args.model or bundled_model(), precision=args.precision)
     result = evaluate_cohort(
         model,
         args.family,
@@ -193,7 +207,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     device = pick_device(args.device)
-    method = resolve_method(args.model, registry=registry, device=device)
+    method = resolve_method(args.model, registry=registry, device=device, precision=args.precision)
     logger.info("converting %s with %s on %s", args.input, method.label, device)
     result = convert_input(
         volume,

@@ -26,6 +26,10 @@ from bonect.config_rules import RulesConfig
 from bonect.errors import ConfigError
 
 Plane = Literal["axial", "coronal", "sagittal"]
+Precision = Literal["auto", "float32", "bfloat16"]
+"""How the U-Net's forward computes (``[converter] precision``): ``auto`` is float16 autocast on
+CUDA, bfloat16 autocast on a CPU that computes bfloat16 natively (AVX512-BF16 or AMX), else
+float32 (see :func:`bonect.converter.inference.forward_dtype`)."""
 DEFAULT_LOCATIONS = (Path("config.toml"), Path("/etc/bonect/config.toml"))
 MODEL_KEYWORDS = ("auto", "classical")  # [converter] model: these, or a model folder
 
@@ -130,6 +134,7 @@ class ConverterConfig(BaseModel, frozen=True, extra="forbid"):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(default=16, ge=1)
     threads: int = Field(default=0, ge=0)  # PyTorch CPU threads; 0: PyTorch's default
+    precision: Precision = "auto"
 
 
 class TrainerConfig(BaseModel, frozen=True, extra="forbid"):

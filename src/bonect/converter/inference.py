@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
+from bonect.config import Precision
 from bonect.converter.model_folder import LoadedModel
 from bonect.converter.preprocess import set_resample_threads, slices, unslice
 
@@ -41,6 +43,33 @@ def set_threads(threads: int) -> None:
         logger.info("PyTorch and resampling use %d CPU thread(s)", threads)
 
 
+@functools.cache
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX) for oneDNN to use; without
+    it bfloat16 is emulated, and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def forward_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
+    """The autocast type of the forward (None: float32 throughout); see :data:`Precision`."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_computes_bfloat16() else None
+
+
+def forward_context(device: torch.device, precision: Precision) -> AbstractContextManager[object]:
+    """Autocast for the forward at ``precision`` on ``device`` (the bare benchmark uses it too)."""
+    dtype = forward_dtype(device, precision)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class CubePrediction:
     """The fused prediction (HU) on the cube and the spread between planes (HU)."""
@@ -63,9 +92,7 @@ def predict_plane(
     device = device or next(model.network.parameters()).device
     stack = slices(image, plane)
     out = np.empty(stack.shape, dtype=np.float32)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-    )
+    autocast = forward_context(device, model.precision)
     starts = range(0, stack.shape[0], batch_size)
     for start in tqdm(starts, desc=f"{plane:>8}", unit="batch", disable=not progress, leave=False):
         batch = np.ascontiguousarray(stack[start : start + batch_size])

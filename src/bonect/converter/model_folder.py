@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bonect.config import Precision
 from bonect.converter.networks import build_model
 from bonect.converter.preprocess import PREPROCESSING_VERSION
 from bonect.errors import ModelError
@@ -33,14 +34,18 @@ class LoadedModel:
     manifest: Manifest
     network: nn.Module
     folder: Path
+    precision: Precision = "auto"
 
     @property
     def label(self) -> str:
         return self.manifest.label
 
 
-def load_model(folder: Path, *, device: torch.device | str = "cpu") -> LoadedModel:
-    """Build the network its manifest describes and load its weights (safetensors only)."""
+def load_model(
+    folder: Path, *, device: torch.device | str = "cpu", precision: Precision = "auto"
+) -> LoadedModel:
+    """Build the network its manifest describes and load its weights (safetensors only); its
+    forward will run at ``precision``."""
     manifest = read_manifest(folder)
     if manifest.preprocessing_version != PREPROCESSING_VERSION:
         raise ModelError(
@@ -62,7 +67,7 @@ def load_model(folder: Path, *, device: torch.device | str = "cpu") -> LoadedMod
         first = str(exc).splitlines()[0]
         raise ModelError(f"{folder}: weights do not fit the manifest ({first})") from exc
     network.eval().to(device)
-    return LoadedModel(manifest=manifest, network=network, folder=folder)
+    return LoadedModel(manifest=manifest, network=network, folder=folder, precision=precision)
 
 
 def save_model(folder: Path, manifest: Manifest, network: nn.Module) -> Path:

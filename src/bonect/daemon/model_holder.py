@@ -32,6 +32,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from bonect.config import Precision
 from bonect.converter.inference import F32, predict_plane
 from bonect.converter.model_folder import LoadedModel, load_model
 from bonect.converter.pipeline import Classical, Method, convert, resolve_method
@@ -131,7 +132,7 @@ def smoke_test(method: Method, *, device: torch.device | None = None) -> None:
         raise ModelError(f"smoke test: median inside the head is {inside:.0f} HU, not tissue")
 
 
-def load_promoted(registry: Path, device: torch.device) -> Method:
+def load_promoted(registry: Path, device: torch.device, precision: Precision = "auto") -> Method:
     """The promoted model of ``registry``, smoke-tested; the classical map when none is promoted.
 
     Raises
@@ -140,7 +141,9 @@ def load_promoted(registry: Path, device: torch.device) -> Method:
         The pointer names no model folder, the folder does not load, or the smoke test fails.
     """
     folder = promoted_model(registry)
-    method: Method = Classical() if folder is None else load_model(folder, device=device)
+    method: Method = (
+        Classical() if folder is None else load_model(folder, device=device, precision=precision)
+    )
     if isinstance(method, LoadedModel):
         smoke_test(method, device=device)
     return method
@@ -164,18 +167,22 @@ class ModelHolder:
         device: torch.device,
         method: Method,
         pointer: Pointer | None,
+        precision: Precision = "auto",
     ) -> None:
         self._spec = spec
         self._registry = registry
         self._device = device
+        self._precision = precision
         self._method = method
         self._pointer = pointer
         self._changed = threading.Event()
         self._observer: BaseObserver | None = None
 
     @classmethod
-    def open(cls, spec: str, registry: Path, device: torch.device) -> ModelHolder:
-        """Load the configured method.
+    def open(
+        cls, spec: str, registry: Path, device: torch.device, precision: Precision = "auto"
+    ) -> ModelHolder:
+        """Load the configured method, to run at ``precision``.
 
         With ``auto`` a promoted model that does not load or fails the smoke test is refused
         (logged) and the classical map is used until a good one is promoted. A model named
@@ -191,14 +198,21 @@ class ModelHolder:
         method: Method
         if spec == "auto":
             try:
-                method = load_promoted(registry, device)
+                method = load_promoted(registry, device, precision)
             except (BonectError, OSError, RuntimeError, ValueError) as exc:
                 logger.error("promoted model refused, using the classical map: %s", exc)
                 method = Classical()
         else:
-            method = resolve_method(spec, registry=registry, device=device)
+            method = resolve_method(spec, registry=registry, device=device, precision=precision)
         logger.info("model in use: %s", method.label)
-        return cls(spec=spec, registry=registry, device=device, method=method, pointer=pointer)
+        return cls(
+            spec=spec,
+            registry=registry,
+            device=device,
+            method=method,
+            pointer=pointer,
+            precision=precision,
+        )
 
     @property
     def current(self) -> Method:
@@ -227,7 +241,7 @@ class ModelHolder:
         if name == _folder_name(self._method):
             return False  # rewritten with the name in use: nothing to swap
         try:
-            candidate = load_promoted(self._registry, self._device)
+            candidate = load_promoted(self._registry, self._device, self._precision)
         except (BonectError, OSError, RuntimeError, ValueError) as exc:
             logger.error("promoted model %r refused, keeping %s: %s", name, self.label, exc)
             return False

@@ -270,7 +270,12 @@ class Node:
         device = pick_device(config.converter.device)
         models = None
         if role.converts:
-            models = ModelHolder.open(config.converter.model, config.model_registry, device)
+            models = ModelHolder.open(
+                config.converter.model,
+                config.model_registry,
+                device,
+                config.converter.precision,
+            )
         metrics = NodeMetrics.create(
             catalog,
             model_label=lambda: models.label if models is not None else "none (receiver)",

@@ -107,7 +107,9 @@ def current_method(config: Config) -> tuple[Method, frozenset[str]]:
     folder = promoted_model(config.model_registry)
     if folder is None:
         return Classical(), frozenset()
-    model = load_model(folder, device=pick_device(config.trainer.device))
+    model = load_model(
+        folder, device=pick_device(config.trainer.device), precision=config.converter.precision
+    )
     return model, frozenset(model.manifest.training.patient_keys)
 
 
