@@ -453,3 +453,45 @@ def test_colour_image_is_refused() -> None:
     datasets = make_mr_series(SHAPE, SPACING)
     datasets[0].SamplesPerPixel = 3
     _raises("colour image", lambda: read_mr_datasets(datasets))
+
+
+@pytest.mark.parametrize(
+    ("slope", "intercept"),
+    [
+        ("1e35", "0"),  # overflows float32: the volume was inf
+        ("1e30", "0"),  # finite in float32, but no image has such values
+        ("1", "-1e30"),
+        ("250", "0"),  # just past the bound (stored values up to ~4090)
+    ],
+    ids=["overflows-float32", "huge-slope", "huge-intercept", "just-past-the-bound"],
+)
+def test_a_finite_rescale_far_outside_any_intensity_is_refused(
+    slope: str, intercept: str, tmp_path: Path
+) -> None:
+    """A finite RescaleSlope/Intercept that maps a file's stored values outside ±1e6 names the
+    file, both attributes and the range they give; "1e35" used to give a volume of inf."""
+    paths = write_series(make_mr_series(SHAPE, SPACING), tmp_path)
+    damaged = pydicom.dcmread(paths[2])
+    damaged.RescaleSlope, damaged.RescaleIntercept = slope, intercept
+    damaged.save_as(paths[2], enforce_file_format=True)
+    low, high = int(damaged.pixel_array.min()), int(damaged.pixel_array.max())
+    assert 4000 < high < 4096
+    ends = sorted(float(slope) * v + float(intercept) for v in (low, high))
+    expected = f"map stored values {low}..{high} to {ends[0]:g}..{ends[1]:g}, outside ±1e+06"
+    error = _raises(expected, lambda: read_mr_folder(tmp_path))
+    assert str(paths[2]) in str(error)
+    assert f"RescaleSlope {float(slope):g} and RescaleIntercept {float(intercept):g}" in str(error)
+
+
+def test_a_rescale_within_the_bound_is_read_and_a_frame_past_it_is_named() -> None:
+    """Slope 244 maps 0..4095 into ±1e6 and is read; an Enhanced MR frame's own Pixel Value
+    Transformation past the bound is refused with its frame number."""
+    stored = synthetic_pixels(SHAPE)
+    series = read_mr_datasets(make_mr_series(SHAPE, SPACING, rescale=(244.0, -1000.0)))
+    np.testing.assert_array_equal(series.volume.array, stored.astype(np.float32) * 244.0 - 1000.0)
+    enhanced = make_enhanced_mr(SHAPE, SPACING, per_frame_geometry=True, rescale=(1.0, 0.0))
+    enhanced.PerFrameFunctionalGroupsSequence[4].PixelValueTransformationSequence[
+        0
+    ].RescaleSlope = "1e35"
+    error = _raises("frame 5", lambda: read_mr_datasets([enhanced]))
+    assert "RescaleSlope 1e+35" in str(error)

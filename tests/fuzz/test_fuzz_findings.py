@@ -1,5 +1,6 @@
-"""Every crash of the series reader the fuzzers found, as an explicit input, and two found by
-hand with the fuzz target's invariant (huge Rows and Columns; a non-finite rescale).
+"""Every crash of the series reader the fuzzers found, as an explicit input, and three found by
+hand with the fuzz target's invariant (huge Rows and Columns; a non-finite rescale; a finite
+rescale that overflows float32).
 
 Found on 2026-12-07 (``tests/fuzz/run.py``, atheris; docs/reliability.md); the inputs are
 rebuilt here with a few lines of pydicom from the synthetic series instead of kept as binary
@@ -147,4 +148,23 @@ def test_a_non_finite_rescale_is_a_series_error(
 
     folder = _series_with_third_slice(tmp_path, damage)
     with pytest.raises(SeriesError):
+        read_mr_folder(folder)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_finite_rescale_that_overflows_float32_is_a_series_error(
+    reading_mode: str, tmp_path: Path
+) -> None:
+    """RescaleSlope "1e35" in one slice: finite, so the finiteness check let it pass, and the
+    slice's values (up to 4095 x 1e35) became inf in the float32 volume. Now the rescaled range
+    is computed first (float64) and must lie within ±1e6."""
+
+    def damage(ds: Dataset) -> bytes:
+        ds.RescaleSlope, ds.RescaleIntercept = "1.5", "0.0"
+        raw = _file_bytes(ds)
+        assert raw.count(b"DS\x04\x001.5 ") == 1  # (0028,1053) RescaleSlope, padded to 4
+        return raw.replace(b"DS\x04\x001.5 ", b"DS\x04\x001e35")
+
+    folder = _series_with_third_slice(tmp_path, damage)
+    with pytest.raises(SeriesError, match=r"IM00003\.dcm: RescaleSlope 1e\+35 .* outside"):
         read_mr_folder(folder)

@@ -2,7 +2,8 @@
 
 The three entry points differ only in where the instances come from (a folder, a list of files,
 datasets in memory). Every problem that makes the input unusable (not DICOM, truncated, not an
-image, not MR, several series, inconsistent geometry, duplicate or missing slices) is raised as
+image, not MR, several series, inconsistent geometry, duplicate or missing slices, a rescale
+that maps stored values outside ±1e6) is raised as
 :class:`~bonect.errors.SeriesError` with a one-line message; pydicom's own exceptions never leak.
 """
 
@@ -41,6 +42,10 @@ from bonect.errors import SeriesError
 logger = logging.getLogger(__name__)
 
 F64 = npt.NDArray[np.float64]
+
+MAX_RESCALED_VALUE = 1e6
+"""The largest magnitude a rescaled pixel may have (HU span about -1024..+30000; MR intensities
+of 16-bit stored values with any plausible slope stay far below; float32 is exact to 2**24)."""
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float
 _PER_FRAME_TAG = 0x52009230  # PerFrameFunctionalGroupsSequence
@@ -379,8 +384,28 @@ def _pixels(frames: Sequence[_Frame], uid: str) -> npt.NDArray[np.float32]:
     out = np.empty((len(frames), rows, columns), dtype=np.float32)
     for k, frame in enumerate(frames):
         image = decoded[id(frame.dataset)][0 if frame.index is None else frame.index]
+        _check_rescaled_range(frame, image, uid)
         out[k] = image.astype(np.float32) * np.float32(frame.slope) + np.float32(frame.intercept)
     return out
+
+
+def _check_rescaled_range(frame: _Frame, image: npt.NDArray[Any], uid: str) -> None:
+    """Refuse a frame whose stored values RescaleSlope/Intercept map outside
+    ±:data:`MAX_RESCALED_VALUE` (computed in float64 from the frame's lowest and highest stored
+    value, before anything is applied): a finite slope such as 1e35 overflows float32 to inf."""
+    if image.size == 0:
+        return
+    low, high = float(image.min()), float(image.max())
+    ends = (frame.slope * low + frame.intercept, frame.slope * high + frame.intercept)
+    if all(math.isfinite(v) and abs(v) <= MAX_RESCALED_VALUE for v in ends):
+        return
+    lowest, highest = sorted(ends)
+    raise SeriesError(
+        f"{frame.label}: RescaleSlope {frame.slope:g} and RescaleIntercept {frame.intercept:g} "
+        f"map stored values {low:g}..{high:g} to {lowest:g}..{highest:g}, outside "
+        f"±{MAX_RESCALED_VALUE:g} (series {uid})",
+        series_uid=uid,
+    )
 
 
 def _decode(ds: Dataset, rows: int, columns: int, uid: str) -> npt.NDArray[Any]:
