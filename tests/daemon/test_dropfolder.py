@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -217,3 +218,53 @@ def test_the_watcher_ingests_a_copied_file(setup: Setup, tmp_path: Path) -> None
         setup.drop.stop()
     assert setup.sink.records[0][3] == "import:copied.dcm"
     assert not (setup.drop.folder / "copied.dcm").exists()
+
+
+def test_a_file_over_the_dataset_limit_is_rejected_unread(
+    setup: Setup,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``[storage] max_dataset_mb`` holds for the drop folder as for a C-STORE: a larger file
+    goes to rejected/ on its size alone (never parsed), with one line giving the size and the
+    limit and no patient data; a file of exactly the limit is ingested."""
+    big, small = write_series(
+        make_mr_series((2, 256, 256), patient_id="DROP-LIMIT"), tmp_path / "src"
+    )
+    limit = small.stat().st_size  # ~128 KiB: the test's limit, as from its config
+    with big.open("ab") as f:  # one byte more than the limit (trailing padding)
+        f.truncate(limit + 1)
+    shutil.copyfile(big, setup.drop.folder / "big.dcm")
+    shutil.copyfile(small, setup.drop.folder / "small.dcm")
+    receiver = Receiver(
+        archive=setup.archive,
+        sink=setup.sink,
+        free_bytes=setup.disk.free_bytes,
+        max_dataset_bytes=limit,
+        clock=lambda: NOW,
+    )
+    drop = DropFolder.open(tmp_path / "var", receiver=receiver)
+    for name in ("big.dcm", "small.dcm"):
+        drop.mark_closed(drop.folder / name)
+    parsed: list[object] = []
+    real_read_partial = pydicom.filereader.read_partial
+
+    def counting_read_partial(fileobj: object, *args: object, **kwargs: object) -> Dataset:
+        parsed.append(getattr(fileobj, "name", fileobj))
+        return real_read_partial(fileobj, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom.filereader, "read_partial", counting_read_partial)
+    caplog.set_level(logging.INFO, logger="bonect")
+
+    report = drop.ingest_once()
+
+    assert report.rejected == (drop.rejected_folder / "big.dcm",)
+    assert report.rejected[0].read_bytes() == big.read_bytes()  # moved whole, as dropped
+    assert len(report.ingested) == 1 and len(parsed) == 1  # only small.dcm was parsed
+    assert [r[3] for r in setup.sink.records] == ["import:small.dcm"]
+    assert not (drop.folder / "big.dcm").exists() and not (drop.folder / "small.dcm").exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"big.dcm is 0.1 MB ({limit + 1} bytes), over storage.max_dataset_mb" in line
+    assert "moved to" in line
+    assert "DROP-LIMIT" not in caplog.text and "Synthetic" not in caplog.text

@@ -4,9 +4,11 @@ Each complete file is read once and goes through the same receive path as a C-ST
 :meth:`~bonect.daemon.receive.Receiver.receive` (association id ``"import:<name>"``, ``<name>``
 being its path relative to the folder), and is removed once recorded. A file the receive path
 cannot understand (0xC210: not DICOM Part 10, invalid UIDs) or that does not match its SOP class
-(0xA900) is moved to ``import/rejected/`` with a log line that says why. A file refused for
-lack of resources (0xA700: the disk reserve, the archive or the catalog) stays where it is and
-is tried again at the next scan.
+(0xA900) is moved to ``import/rejected/`` with a log line that says why, and so is a file larger
+than the receive path's ``max_dataset_bytes`` (``[storage] max_dataset_mb``, a C-STORE's limit):
+judged by its size before it is read, and never read past the limit should it grow meanwhile.
+A file refused for lack of resources (0xA700: the disk reserve, the archive or the catalog)
+stays where it is and is tried again at the next scan.
 
 A file is complete when it was closed after writing (watchdog's ``FileClosedEvent``, or moved
 into the folder), or when its size and modification time have not changed since the previous
@@ -151,11 +153,22 @@ class DropFolder:
     def _ingest(self, path: Path) -> str | Path | None:
         """The SOP Instance UID when ingested, the new path when rejected, None when kept."""
         name = path.relative_to(self._folder).as_posix()
+        limit = self._receiver.max_dataset_bytes
         try:
-            encoded = path.read_bytes()
+            size = path.stat().st_size
+            encoded = b"" if size > limit else _read_at_most(path, limit + 1)
         except OSError:
             logger.exception("import: cannot read %s", name)
             return None
+        if size > limit or len(encoded) > limit:
+            size = max(size, len(encoded))
+            mb = 1024 * 1024
+            return self._reject(
+                path,
+                name,
+                f"is {size / mb:.1f} MB ({size} bytes), over storage.max_dataset_mb "
+                f"({limit / mb:g} MB)",
+            )
         association_id = ASSOCIATION_PREFIX + name
         receipt = self._receiver.receive(
             lambda: dcmread(io.BytesIO(encoded), stop_before_pixels=True),  # the one read
@@ -166,7 +179,7 @@ class DropFolder:
             logger.warning("import: %s waits for the next scan: %s", name, receipt.reason)
             return None
         if not receipt.ok or receipt.header is None:
-            return self._reject(path, name, receipt.reason)
+            return self._reject(path, name, f"is not usable DICOM ({receipt.reason})")
         self._receiver.association_ended(association_id)
         try:
             path.unlink()
@@ -174,7 +187,8 @@ class DropFolder:
             logger.exception("import: could not remove %s", name)
         return receipt.header.sop_instance_uid
 
-    def _reject(self, path: Path, name: str, reason: str) -> Path | None:
+    def _reject(self, path: Path, name: str, why: str) -> Path | None:
+        """Move ``path`` to ``rejected/``; one log line: ``import: <name> <why>; moved to ...``."""
         base = name.replace("/", "_")
         target = self._rejected / base
         n = 0
@@ -186,7 +200,7 @@ class DropFolder:
         except OSError:
             logger.exception("import: cannot move %s to %s", name, self._rejected)
             return None
-        logger.warning("import: %s is not usable DICOM (%s); moved to %s", name, reason, target)
+        logger.warning("import: %s %s; moved to %s", name, why, target)
         return target
 
     def start(self, *, rescan_seconds: float = 2.0) -> None:
@@ -236,6 +250,12 @@ class DropFolder:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    """The first ``limit`` bytes of ``path`` (all of it when it is shorter)."""
+    with path.open("rb") as f:
+        return f.read(limit)
 
 
 class _Trigger(FileSystemEventHandler):
