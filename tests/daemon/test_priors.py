@@ -4,11 +4,12 @@ decisions against a fake source (the real protocol is in tests/e2e/test_priors_e
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import pytest
+from pynetdicom.events import EventHandlerType
 
 from bonect.catalog import Catalog, Role
 from bonect.catalog import priors as store
@@ -81,7 +82,12 @@ class FakeSource:
         return RetrieveResult(series_uid, 0, completed=3, failed=0, warning=0)
 
     def get_series(
-        self, study_uid: str, series_uid: str, *, on_store: StoreHandler
+        self,
+        study_uid: str,
+        series_uid: str,
+        *,
+        on_store: StoreHandler,
+        handlers: Sequence[EventHandlerType] = (),
     ) -> RetrieveResult:
         raise AssertionError("not used")
 

@@ -12,7 +12,11 @@ next due one, and runs it to its end or its next wait:
    reason (how many CT studies lay outside the window, how many series the rules refused);
 3. retrieve: C-MOVE (to ``move_destination_ae``, our Storage SCP) or C-GET (on the same
    association, through the one receive path) of exactly those series, one at a time, paced
-   by ``max_instances_per_second``; every series retrieved: ``done``.
+   by ``max_instances_per_second``; every series retrieved: ``done``. A C-GET's instances are
+   held to the Storage SCP's limits (:class:`GetReceiver`): streamed to files, refused over
+   ``[storage] max_dataset_mb`` (0xA700), the association aborted past twice that, the file of
+   an instance cut short removed, and a C-GET that did not end in a release is an aborted
+   association for settle.
 
 A retryable failure (:class:`~bonect.dicom.query_retrieve.SourceUnavailable`) puts the task
 off with exponential backoff (the ``[sender]`` retry settings) up to ``MAX_ATTEMPTS``; a
@@ -29,13 +33,15 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Protocol, cast
 
+from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy import select
 
 from bonect.audit import AuditEvent, AuditTrail, Participant, Subject
@@ -44,14 +50,16 @@ from bonect.catalog.priors import PriorState, RetrievalState, WantedSeries
 from bonect.catalog.queue import Catalog
 from bonect.catalog.tables import Job
 from bonect.config import Config, SourceConfig
-from bonect.daemon.incoming import received_payload
+from bonect.daemon.incoming import DatasetGuard, received_payload, stream_received_datasets
 from bonect.daemon.receive import OUT_OF_RESOURCES, Receiver
 from bonect.daemon.sender import RetryPolicy
 from bonect.dicom.query_retrieve import (
     QueryRetrieveClient,
     QueryRetrieveError,
     RetrieveResult,
+    SourceUnavailable,
     StoreHandler,
+    wake_waiting_request,
 )
 from bonect.prior_search import SearchClient, search_prior_cts, study_day
 
@@ -74,7 +82,12 @@ class PriorsClient(SearchClient, Protocol):
     def move_series(self, study_uid: str, series_uid: str, *, move_ae: str) -> RetrieveResult: ...
 
     def get_series(
-        self, study_uid: str, series_uid: str, *, on_store: StoreHandler
+        self,
+        study_uid: str,
+        series_uid: str,
+        *,
+        on_store: StoreHandler,
+        handlers: Sequence[EventHandlerType] = (),
     ) -> RetrieveResult: ...
 
 
@@ -118,12 +131,47 @@ def next_opening(hours: tuple[int, int], now: datetime, tz: tzinfo | None) -> da
 
 
 class GetReceiver:
-    """The EVT_C_STORE handler of a C-GET association: the node's receive path, one id per get."""
+    """The handlers of one C-GET association: the node's receive path (one id per get) under
+    the Storage SCP's limits.
+
+    As on the SCP (:mod:`bonect.daemon.incoming`): each data set streams to a file (pynetdicom's
+    process-wide switch, turned on here too), one over ``max_dataset_bytes`` is refused 0xA700
+    by the receive path, the :class:`~bonect.daemon.incoming.DatasetGuard` aborts the
+    association once a data set passes twice that and removes the file of a data set cut short
+    when the connection closes."""
 
     def __init__(self, receiver: Receiver, source: str) -> None:
         self._receiver = receiver
         self._source = source
         self.association_id = f"get:{uuid.uuid4().hex}"
+        self.too_large: str | None = None  # why the guard aborted the association, if it did
+        self._woken = False
+        self._guard = DatasetGuard(2 * receiver.max_dataset_bytes, on_abort=self._on_too_large)
+        stream_received_datasets()
+
+    @property
+    def handlers(self) -> list[EventHandlerType]:
+        """The guard's pynetdicom event handlers, to bind to the C-GET association."""
+        return [
+            (evt.EVT_PDU_RECV, self._on_pdu_recv),
+            (evt.EVT_CONN_CLOSE, self._guard.on_conn_close),
+        ]
+
+    def _on_pdu_recv(self, event: Event) -> None:
+        """The guard's count; once it aborted, wake the C-GET waiting for its next response
+        (else it would wait out the DIMSE timeout, see :func:`wake_waiting_request`)."""
+        self._guard.on_pdu_recv(event)
+        if self.too_large is not None and not self._woken:
+            self._woken = True
+            wake_waiting_request(event.assoc)
+
+    def _on_too_large(self, assoc: Association, received: int) -> None:
+        del assoc
+        self.too_large = (
+            f"a data set passed {received / 2**20:.0f} MB, twice storage.max_dataset_mb: "
+            "association aborted"
+        )
+        logger.warning("C-GET from %s: %s", self._source, self.too_large)
 
     def on_store(self, event: Event) -> int:
         try:
@@ -149,9 +197,10 @@ class GetReceiver:
             )
         return receipt.status
 
-    def ended(self) -> None:
-        """The C-GET association ended: settle may complete its series."""
-        self._receiver.association_ended(self.association_id)
+    def ended(self, *, aborted: bool) -> None:
+        """The C-GET association ended: released (settle may complete its series), or
+        ``aborted`` (an A-ABORT, the connection lost, a failure: the series may be cut short)."""
+        self._receiver.association_ended(self.association_id, aborted=aborted)
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -241,10 +290,20 @@ def _retrieve(
             if receiver is None:
                 raise RuntimeError("C-GET needs the node's receive path")
             get = GetReceiver(receiver, source.name)
+            aborted = True
             try:
-                result = client.get_series(row.study_uid, row.series_uid, on_store=get.on_store)
+                result = client.get_series(
+                    row.study_uid, row.series_uid, on_store=get.on_store, handlers=get.handlers
+                )
+                aborted = False
+            except SourceUnavailable as exc:
+                if get.too_large is None:
+                    raise
+                raise SourceUnavailable(
+                    f"C-GET of {row.series_uid}: {get.too_large}", source=source.name
+                ) from exc
             finally:
-                get.ended()
+                get.ended(aborted=aborted)
         if result.failed or result.completed == 0:
             reason = f"{result.completed} instances stored, {result.failed} failed"
             store.record_retrieval(

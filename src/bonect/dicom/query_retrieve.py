@@ -10,7 +10,9 @@ information model, one short association per operation, sockets with ``TCP_NODEL
 * :meth:`~QueryRetrieveClient.move_series`: C-MOVE of one series to an AE title (ours: the
   instances arrive through the Storage SCP like any C-STORE);
 * :meth:`~QueryRetrieveClient.get_series`: C-GET of one series; we are the storage SCP on the
-  same association and each instance goes to the ``on_store`` handler given.
+  same association and each instance goes to the ``on_store`` handler given (with any other
+  event handlers the caller binds, e.g. the daemon's data-set size guard); a C-GET cut short
+  returns only once its connection is closed, so those handlers have run.
 
 Every failure raises a :class:`QueryRetrieveError`: :class:`SourceUnavailable` (retryable: no
 association, timeout, abort, a transient refusal or an out-of-resources status) or
@@ -22,7 +24,8 @@ four DIMSE operations share the association and status handling.)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -44,7 +47,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -108,6 +111,40 @@ class SourceUnavailable(QueryRetrieveError, RetryableError):
 
 class QueryRetrieveRefused(QueryRetrieveError, PermanentError):
     """Trying again changes nothing (the config or the query is wrong)."""
+
+
+class _NoResponse(SourceUnavailable):
+    """The association was aborted (by either side), dropped, or the peer fell silent."""
+
+
+def wake_waiting_request(assoc: Association) -> None:
+    """Make a request waiting in pynetdicom's ``send_c_get()`` (or another ``send_c_*()``) for its
+    next response see "no response" now: for an A-ABORT we send from an event handler.
+
+    pynetdicom 3.0.4 wakes such a request (an empty message in the DIMSE queue) only for aborts
+    it receives or connections it loses; for one sent from a handler the request waits out the
+    whole DIMSE timeout. Sending the A-ABORT also restarts the association's reactor, which
+    polls the same queue and would take the wake-up: it is paused first (as the ``send_*()``
+    methods pause it), and the wake-up queued once it stays paused. Call it after the abort, on
+    the connection's thread (in the handler). At worst the request waits as before."""
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        if assoc._is_paused:
+            time.sleep(0.005)  # a reactor passing by sets the flag only for an instant
+            if assoc._is_paused:
+                break
+        else:
+            time.sleep(0.0005)
+    assoc.dimse.msg_queue.put((None, None))
+
+
+def _end_broken(assoc: Association) -> None:
+    """End an association that will not be released (see :class:`_NoResponse`): an A-ABORT
+    unless one was sent, then wait until the connection is closed (its ``EVT_CONN_CLOSE``
+    handlers have run; at most the ACSE timeout when the peer does not close it)."""
+    assoc.abort(block=True)  # returns at once when an A-ABORT was already sent
+    assoc.kill()
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +290,7 @@ class QueryRetrieveClient:
         for status, identifier in responses:
             code = status.get("Status") if status else None
             if code is None:
-                raise SourceUnavailable(
+                raise _NoResponse(
                     f"{what}: no response (timeout or association aborted)",
                     source=self.source.name,
                 )
@@ -448,21 +485,36 @@ class QueryRetrieveClient:
                 assoc.release()
 
     def get_series(
-        self, study_uid: str, series_uid: str, *, on_store: StoreHandler
+        self,
+        study_uid: str,
+        series_uid: str,
+        *,
+        on_store: StoreHandler,
+        handlers: Sequence[EventHandlerType] = (),
     ) -> RetrieveResult:
-        """C-GET one series; each instance is handed to ``on_store`` on this association."""
+        """C-GET one series; each instance is handed to ``on_store`` on this association, and
+        ``handlers`` (pynetdicom ``(event, handler)`` pairs) are bound to it as well.
+
+        A C-GET that ends without a final response (an A-ABORT from either side, the connection
+        lost, the peer silent) is aborted and raises :class:`SourceUnavailable` once its
+        connection is closed: its ``EVT_CONN_CLOSE`` handlers have run by then."""
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         for sop_class in CT_STORAGE_CLASSES:
             ae.add_requested_context(sop_class, GET_TRANSFER_SYNTAXES)
         roles = [build_role(sop_class, scp_role=True) for sop_class in CT_STORAGE_CLASSES]
-        assoc = self._associate(ae, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store)])
+        assoc = self._associate(
+            ae, ext_neg=roles, handlers=[(evt.EVT_C_STORE, on_store), *handlers]
+        )
         try:
             responses = assoc.send_c_get(
                 self._series_identifier(study_uid, series_uid),
                 StudyRootQueryRetrieveInformationModelGet,
             )
             return self._final(responses, series_uid, f"C-GET of {series_uid}")
+        except _NoResponse:
+            _end_broken(assoc)
+            raise
         finally:
             if assoc.is_established:
                 assoc.release()
