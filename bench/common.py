@@ -225,11 +225,16 @@ class Orthanc(OrthancServer):
 
 
 def storescu(
-    port: int, files: Sequence[Path], *, called_ae: str, timeout: float = 900.0
+    port: int,
+    files: Sequence[Path],
+    *,
+    called_ae: str,
+    timeout: float = 900.0,
+    options: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """DCMTK ``storescu`` of ``files`` on one association, ``TCP_NODELAY=1``."""
+    """DCMTK ``storescu [options]`` of ``files`` on one association, ``TCP_NODELAY=1``."""
     return subprocess.run(
-        [dcmtk("storescu"), "-aet", "BONECT", "-aec", called_ae, LOCALHOST, str(port)]
+        [dcmtk("storescu"), *options, "-aet", "BONECT", "-aec", called_ae, LOCALHOST, str(port)]
         + [str(f) for f in files],
         env=peer_env(),
         capture_output=True,

@@ -2,7 +2,8 @@
 
     python bench/run_all.py [--quick] [--runs N] [--only ingest,send,convert,end_to_end,...]
 
-``--only`` takes a comma-separated list of: ingest, send, convert, end_to_end, train, workers.
+``--only`` takes a comma-separated list of: ingest, send, convert, end_to_end, train, workers,
+soak.
 
 Extra arguments after ``--`` go to every benchmark. The conversion runs at 256 x 256 x 200 only;
 the 512 x 512 x 400 volume (``python bench/convert.py --sizes 512``) adds about 15 minutes.
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "end_to_end": [],
     "train": [],
     "workers": [],  # needs PostgreSQL (tests/catalog/postgres.py); says "skipped" without it
+    "soak": [],  # one run whatever --runs says; full size ~5 min (--quick ~20 s)
 }
 
 

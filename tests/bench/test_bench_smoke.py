@@ -47,7 +47,7 @@ def test_dcmtk_tools_are_dcmtk_not_pynetdicom_scripts() -> None:
     assert not head.startswith(b"#!"), f"{path} is a script, not DCMTK's storescu"
 
 
-BENCHMARKS = ["ingest", "send", "convert", "end_to_end", "train", "workers"]
+BENCHMARKS = ["ingest", "send", "convert", "end_to_end", "train", "workers", "soak"]
 
 
 @pytest.fixture(scope="module")
