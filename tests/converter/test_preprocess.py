@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -13,7 +15,9 @@ from bonect.converter.preprocess import (
     cube_round_trip,
     fill_holes,
     from_cube,
+    gaussian_in_slabs,
     head_mask,
+    histogram_in_slabs,
     model_cube,
     normalise,
     prepare,
@@ -205,8 +209,16 @@ def test_on_fine_grids_the_closing_runs_on_2_mm_blocks_and_keeps_the_fine_outlin
     assert (blocked & ~exact).sum() <= 0.001 * exact.sum()  # hardly anything beyond it
 
 
+@pytest.fixture(params=[1, 2, 5], ids=lambda n: f"{n}-threads")
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Preparation and resampling on this many threads (slabs of 2-3 slices at 5 for 12)."""
+    set_resample_threads(request.param)
+    yield request.param
+    set_resample_threads(0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fill_holes_is_scipys_in_3d_and_slice_by_slice(seed: int) -> None:
+def test_fill_holes_is_scipys_in_3d_and_slice_by_slice(seed: int, threads: int) -> None:
     rng = np.random.default_rng(seed)
     blobs = ndimage.gaussian_filter(rng.normal(size=(12, 30, 34)), 1.5)
     mask = blobs > np.quantile(blobs, 0.45)  # walls with enclosed and open background
@@ -220,6 +232,39 @@ def test_fill_holes_is_scipys_in_3d_and_slice_by_slice(seed: int) -> None:
     expected = np.stack([ndimage.binary_fill_holes(m) for m in mask])
     assert np.array_equal(filled_in_slice, expected)
     assert filled_in_slice.sum() > filled_3d.sum() >= mask.sum()  # the slices fill more
+
+
+def test_the_gaussian_in_slabs_is_exactly_scipys(threads: int) -> None:
+    rng = np.random.default_rng(threads)
+    image = rng.normal(size=(12, 17, 19)).astype(np.float32)  # slabs thinner than the kernel
+    for sigma in (1.0, 0.6, 2.0):
+        expected = ndimage.gaussian_filter(image, sigma)
+        assert np.array_equal(gaussian_in_slabs(image, sigma), expected), sigma
+
+
+def test_the_histogram_in_slabs_is_exactly_numpys(threads: int) -> None:
+    rng = np.random.default_rng(threads)
+    image = rng.gamma(2.0, size=(12, 17, 19)).astype(np.float32)
+    counts, edges = histogram_in_slabs(image, 256)
+    expected_counts, expected_edges = np.histogram(image, bins=256)
+    assert np.array_equal(counts, expected_counts) and np.array_equal(edges, expected_edges)
+    flat = np.full((5, 3, 3), 7.0, dtype=np.float32)  # one value: numpy widens the range by 0.5
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(histogram_in_slabs(flat, 8), np.histogram(flat, bins=8), strict=True)
+    )
+
+
+def test_the_head_mask_is_the_same_on_any_number_of_threads(phantom_case: PhantomCase) -> None:
+    mr = np.asarray(phantom_case.mr.array, dtype=np.float32)
+    masks = []
+    try:
+        for n in (1, 3):
+            set_resample_threads(n)
+            masks.append(head_mask(mr, phantom_case.mr.spacing))
+    finally:
+        set_resample_threads(0)
+    assert np.array_equal(masks[0], masks[1]) and masks[0].any()
 
 
 def test_resampling_on_several_threads_is_exactly_the_single_threaded_result() -> None:

@@ -14,6 +14,8 @@ The inverse samples the cube back onto the MR grid.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -44,8 +46,11 @@ class Cube:
 
 
 def head_mask(mr: F32, spacing: tuple[float, float, float]) -> Mask:
-    """Head (body) mask from the MR alone: Otsu threshold, largest component, closed, filled."""
-    smooth = ndimage.gaussian_filter(mr.astype(np.float32), sigma=1.0)
+    """Head (body) mask from the MR alone: Otsu threshold, largest component, closed, filled.
+
+    The Gaussian, the histogram and the in-slice filling run in slabs on several threads
+    (:func:`set_resample_threads`), each exactly what the whole would give."""
+    smooth = gaussian_in_slabs(mr.astype(np.float32), sigma=1.0)
     threshold = otsu_threshold(smooth)
     mask = largest_component(smooth > threshold * 0.5)
     if not mask.any():
@@ -78,6 +83,19 @@ def fill_holes(mask: Mask, structure: Mask) -> Mask:
     until nothing changes. With :data:`FACES_IN_SLICE` every slice ``mask[k]`` is filled on its
     own, as ``binary_fill_holes(mask[k])`` would.
     """
+    in_plane_only = not structure[0].any() and not structure[2].any()
+    if in_plane_only and mask.shape[0] > 1:  # slices are independent: fill them in slabs
+        out = np.empty_like(mask, dtype=bool)
+
+        def slab(start: int, stop: int) -> None:
+            out[start:stop] = _fill_one_slab(mask[start:stop], structure)
+
+        in_slabs(mask.shape[0], slab)
+        return out
+    return _fill_one_slab(mask, structure)
+
+
+def _fill_one_slab(mask: Mask, structure: Mask) -> Mask:
     background, _ = ndimage.label(~mask, structure=structure)
     in_plane_only = not structure[0].any() and not structure[2].any()
     faces = [background[:, 0], background[:, -1], background[:, :, 0], background[:, :, -1]]
@@ -132,8 +150,8 @@ def _close(mask: Mask, spacing: tuple[float, float, float]) -> Mask:
 
 
 def otsu_threshold(image: F32, bins: int = 256) -> float:
-    """Otsu's threshold of an image's histogram."""
-    hist, edges = np.histogram(image, bins=bins)
+    """Otsu's threshold of an image's histogram (counted in slabs, summed: the same counts)."""
+    hist, edges = histogram_in_slabs(image, bins)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -214,9 +232,65 @@ _resample_threads = 0
 
 
 def set_resample_threads(threads: int) -> None:
-    """Use ``threads`` threads to resample to and from the cube (0: one per available core)."""
+    """Use ``threads`` threads to prepare (head mask) and to resample to and from the cube
+    (0: one per available core)."""
     global _resample_threads
     _resample_threads = max(0, threads)
+
+
+def _threads() -> int:
+    return _resample_threads or len(os.sched_getaffinity(0))
+
+
+def in_slabs(n: int, slab: Callable[[int, int], None]) -> None:
+    """Call ``slab(start, stop)`` for consecutive ranges of ``0..n`` on :func:`_threads` threads
+    (scipy's ndimage and numpy's reductions release the GIL); in this thread when one."""
+    bounds = np.linspace(0, n, min(_threads(), n) + 1).astype(int)
+    if len(bounds) <= 2:
+        slab(0, n)
+        return
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        list(pool.map(slab, bounds[:-1], bounds[1:]))
+
+
+GAUSSIAN_TRUNCATE = 4.0  # scipy's default: the kernel reaches int(4 sigma + 0.5) voxels
+
+
+def gaussian_in_slabs(image: F32, sigma: float) -> F32:
+    """``ndimage.gaussian_filter(image, sigma)``, computed in slabs along the first axis.
+
+    Each slab is filtered with the kernel's reach of neighbouring slices around it and keeps
+    its own part: every voxel sees exactly the neighbours it sees in the whole, and the volume's
+    own edges are reflected as before. The result is identical (a test checks it)."""
+    reach = int(GAUSSIAN_TRUNCATE * sigma + 0.5)
+    out = np.empty_like(image)
+    n = image.shape[0]
+
+    def slab(start: int, stop: int) -> None:
+        low, high = max(0, start - reach), min(n, stop + reach)
+        filtered = ndimage.gaussian_filter(image[low:high], sigma, truncate=GAUSSIAN_TRUNCATE)
+        out[start:stop] = filtered[start - low : stop - low]
+
+    in_slabs(n, slab)
+    return out
+
+
+def histogram_in_slabs(
+    image: F32, bins: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """``np.histogram(image, bins)`` (range: the image's min and max), counted in slabs."""
+    first, last = image.min(), image.max()  # in the image's type, as numpy takes them itself
+    _, edges = np.histogram(np.empty(0, dtype=image.dtype), bins=bins, range=(first, last))
+    parts: list[npt.NDArray[np.int64]] = []
+    lock = threading.Lock()
+
+    def slab(start: int, stop: int) -> None:
+        counts, _ = np.histogram(image[start:stop], bins=bins, range=(first, last))
+        with lock:
+            parts.append(counts)
+
+    in_slabs(image.shape[0], slab)
+    return np.sum(parts, axis=0).astype(np.int64), edges
 
 
 def _resample(
@@ -231,8 +305,6 @@ def _resample(
     scipy's ``affine_transform`` runs on one core but releases the GIL; every output voxel is
     computed from its own coordinates, so slabs computed apart are exactly the whole.
     """
-    threads = _resample_threads or len(os.sched_getaffinity(0))
-    bounds = np.linspace(0, shape[0], min(threads, shape[0]) + 1).astype(int)
     out = np.empty(shape, dtype=np.float32)
 
     def slab(start: int, stop: int) -> None:
@@ -248,11 +320,7 @@ def _resample(
             prefilter=False,
         )
 
-    if len(bounds) <= 2:
-        slab(0, shape[0])
-    else:
-        with ThreadPoolExecutor(len(bounds) - 1) as pool:
-            list(pool.map(slab, bounds[:-1], bounds[1:]))
+    in_slabs(shape[0], slab)
     return out
 
 
