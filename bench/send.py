@@ -1,13 +1,17 @@
 """Send: bonect's sender (``bonect.daemon.sender.send_files``) against DCMTK ``storescu``.
 
-Both send the same files, on one association, to a fresh Orthanc (TCP_NODELAY=1) per run; the
-time is the call (``send_files`` in this process, with pynetdicom already imported) or the
-``storescu`` process (TCP_NODELAY=1), and Orthanc's instance count is checked afterwards. The
-senders take turns within each run, in an order that alternates from run to run.
+All send the same files, on one association, to a fresh Orthanc (TCP_NODELAY=1) per run; the
+time is the call (``send_files`` in this process, with pynetdicom already imported, on either
+transport: pynetdicom, or DCMTK ``dcmsend`` with each instance's status read off its report) or
+the ``storescu`` process (TCP_NODELAY=1), and Orthanc's instance count is checked afterwards.
+The senders take turns within each run, in an order that alternates from run to run.
 Target: bonect ≥ 0.8x DCMTK ``storescu``. ``--what-if two-associations`` adds bonect's sender
-on two associations at once (every other file each, one thread per association).
+on two associations at once (every other file each, one thread per association);
+``--what-if large-pdu`` runs every sender against an Orthanc that declares a maximum PDU length
+of 128 kB (``MaximumPduLength``; as shipped it declares 16 kB, and the receiver's maximum is what
+decides how many PDUs a sender cuts each instance into).
 
-    python bench/send.py [--quick] [--runs 3] [--what-if two-associations]
+    python bench/send.py [--quick] [--runs 3] [--what-if two-associations|large-pdu]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from common import (
     Orthanc,
@@ -33,25 +38,39 @@ from common import (
 from ingest import QUICK_SERIES, SERIES
 from series import series_files
 
-SENDERS = ("bonect", "dcmtk")
+SENDERS = ("bonect", "bonect-dcmsend", "dcmtk")
 NAMES = {
     "bonect": "bonect send_files",
+    "bonect-dcmsend": "bonect send_files (dcmsend)",
     "dcmtk": "DCMTK storescu",
     "what-if-2": "bonect send_files, 2 associations",
 }
 
 
-def send_once(sender: str, files: list[Path], work: Path) -> float:
-    from bonect.daemon.sender import DestinationNode, send_files
+LARGE_PDU = 131072  # the most Orthanc 1.10 accepts
 
-    with Orthanc(work, allowed_aets=("BONECT",)) as pacs:
+
+class _LargePduOrthanc(Orthanc):
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "MaximumPduLength": LARGE_PDU}
+
+
+def send_once(sender: str, files: list[Path], work: Path, *, large_pdu: bool = False) -> float:
+    from bonect.config import SendTransport
+    from bonect.daemon.sender import DestinationNode, SendReport, send_files
+
+    peer = _LargePduOrthanc if large_pdu else Orthanc
+    with peer(work, allowed_aets=("BONECT",)) as pacs:
         if sender != "dcmtk":
             node = DestinationNode("PACS", "127.0.0.1", pacs.dicom_port)
             parts = [files] if sender != "what-if-2" else [files[0::2], files[1::2]]
+            transport: SendTransport = "dcmsend" if sender == "bonect-dcmsend" else "pynetdicom"
+
+            def send(part: list[Path]) -> SendReport:
+                return send_files(part, node, calling_ae="BONECT", transport=transport)
+
             with stopwatch() as elapsed, ThreadPoolExecutor(len(parts)) as pool:
-                reports = list(
-                    pool.map(lambda part: send_files(part, node, calling_ae="BONECT"), parts)
-                )
+                reports = list(pool.map(send, parts))
             ok = all(r.all_stored for r in reports)
             detail = f"{sum(len(r.stored) for r in reports)} stored"
         else:
@@ -68,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny series, smoke test only")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--what-if", default="", choices=("", "two-associations"))
+    parser.add_argument("--what-if", default="", choices=("", "two-associations", "large-pdu"))
     args = parser.parse_args(argv)
-    senders = SENDERS + (("what-if-2",) if args.what_if else ())
+    large_pdu = args.what_if == "large-pdu"
+    senders = SENDERS + (("what-if-2",) if args.what_if == "two-associations" else ())
     import bonect.daemon.sender  # noqa: F401  (imported before timing)
 
     specs = QUICK_SERIES if args.quick else SERIES
@@ -86,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
                     work = Path(tmp) / f"{run}-{spec.name}-{sender}"
-                    samples[(spec.name, sender)].add(send_once(sender, files[spec.name], work))
+                    samples[(spec.name, sender)].add(
+                        send_once(sender, files[spec.name], work, large_pdu=large_pdu)
+                    )
     rows = []
     for spec in specs:
         n, size = len(files[spec.name]), folder_bytes(files[spec.name])
@@ -111,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         [
             header("Send" + (" (quick: smoke test only)" if args.quick else ""), command_line()),
             "",
-            f"To Orthanc (TCP_NODELAY=1), one association per series. Median of {args.runs} "
+            "To Orthanc (TCP_NODELAY=1"
+            + (f", MaximumPduLength {LARGE_PDU}" if large_pdu else "")
+            + f"), one association per series. Median of {args.runs} "
             "runs; ratio = instances/s over DCMTK storescu's.",
             "",
             table(
@@ -120,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ]
     )
-    publish("send" + ("-quick" if args.quick else "") + ("-what-if" if args.what_if else ""), text)
+    what_if = {"": "", "two-associations": "-what-if", "large-pdu": "-what-if-large-pdu"}
+    publish("send" + ("-quick" if args.quick else "") + what_if[args.what_if], text)
     return 0
 
 

@@ -88,6 +88,13 @@ class SecurityConfig(BaseModel, frozen=True, extra="forbid"):
         return _tls_pair(value, info)
 
 
+# what carries the C-STOREs to the destinations: pynetdicom in the worker's process, or DCMTK
+# dcmsend (one process per batch, each instance's status read off its report). Destinations
+# have no TLS settings (sending is plain DICOM), so no destination can ask dcmsend for TLS,
+# which DCMTK 3.6.7's dcmsend lacks.
+SendTransport = Literal["pynetdicom", "dcmsend"]
+
+
 class SenderConfig(BaseModel, frozen=True, extra="forbid"):
     # also send the sCT to the destination whose ae_title is the MR sender's calling AE title
     return_to_sender: bool = False
@@ -96,6 +103,7 @@ class SenderConfig(BaseModel, frozen=True, extra="forbid"):
     max_attempts: int = Field(default=50, ge=1)  # then the job fails and waits for an operator
     dimse_timeout_seconds: float = Field(default=30.0, gt=0)
     echo_interval_seconds: float = Field(default=300.0, ge=0)  # C-ECHO every peer; 0: never
+    transport: SendTransport = "pynetdicom"
 
 
 class MetricsConfig(BaseModel, frozen=True, extra="forbid"):

@@ -123,6 +123,7 @@ def _open_worker(
         return_to_sender=sender.return_to_sender,
         lease=timedelta(seconds=config.catalog.lease_seconds),
         simulated_forward_seconds=simulated,
+        transport=sender.transport,
     )
     idle = [d.name for d in config.destinations if d.receives == "returns"]
     if idle and not sender.return_to_sender:

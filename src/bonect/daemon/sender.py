@@ -12,6 +12,12 @@ files being sent. Each instance ends in one of three outcomes:
   re-sends it later; the SOP Instance UID never changes, so this never duplicates.
 
 Skipping instances already stored is the caller's job: it passes only the pending paths.
+
+Two transports carry the C-STOREs (``[sender] transport``): pynetdicom in this process (the
+default), or DCMTK ``dcmsend``, one process per batch, whose report gives each instance's
+status (:mod:`bonect.daemon.dcmsend`). Both report through the same ``on_result`` callback
+with the same statuses and errors, so the send ledger does not depend on the transport; with
+``dcmsend`` the answers of a batch arrive together when its process ends.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from bonect.config import Destination
+from bonect.config import Destination, SendTransport
+from bonect.daemon import dcmsend
 from bonect.dicom.network import WireResponses, set_nodelay
 from bonect.errors import BonectError
 
@@ -40,6 +47,8 @@ logger = logging.getLogger(__name__)
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 _MAX_CONTEXTS = 128  # per association, PS3.8
 _NO_CONTEXT = "destination does not accept this SOP class / syntax"
+_NO_RESPONSE = "no response (timeout or association aborted)"
+_DCMSEND_FILES_PER_RUN = 1000  # bounds the command line, and what a crash mid-run re-sends
 
 
 class UnsendableFileError(BonectError):
@@ -241,7 +250,7 @@ def _store_one(
             "%s: response lost by pynetdicom, status read off the wire", f.sop_instance_uid
         )
     if code is None:  # DIMSE timeout or abort: pynetdicom aborted the association
-        return SendOutcome.UNKNOWN, None, "no response (timeout or association aborted)"
+        return SendOutcome.UNKNOWN, None, _NO_RESPONSE
     code = int(code)
     if code in STORED_STATUSES:
         return SendOutcome.STORED, code, None
@@ -257,6 +266,7 @@ def send_files(
     on_result: OnResult | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_reassociations: int = 2,
+    transport: SendTransport = "pynetdicom",
 ) -> SendReport:
     """C-STORE ``paths`` to ``destination`` and report each instance's outcome.
 
@@ -271,26 +281,27 @@ def send_files(
     timeouts
         Connect / negotiation / response timeouts.
     on_result
-        Called once per instance, in order, as ``on_result(sop_instance_uid, status, error)``;
+        Called once per instance as ``on_result(sop_instance_uid, status, error)``;
         ``status`` is ``None`` when there was no answer (then ``error`` says why).
     ssl_context
-        A client TLS context for DICOM TLS destinations.
+        A client TLS context for DICOM TLS destinations (pynetdicom transport only).
     max_reassociations
         When an association is lost mid-way (e.g. a response timeout), open a new one this many
         times at most to send the remaining files; what is left after that is ``UNKNOWN``.
+    transport
+        ``"pynetdicom"`` (in this process) or ``"dcmsend"`` (DCMTK ``dcmsend`` processes).
 
     Raises
     ------
     UnsendableFileError
         A file is not readable DICOM (checked for all files before anything is sent).
+    ValueError
+        ``transport="dcmsend"`` with ``ssl_context``: DCMTK 3.6.7's ``dcmsend`` has no TLS.
     """
+    if transport == "dcmsend" and ssl_context is not None:
+        raise ValueError("the dcmsend transport cannot send over TLS (dcmsend has no TLS)")
     files = [_read_header(Path(p)) for p in paths]
-    # Send each file's bytes as stored, never decoded and re-encoded: with this pynetdicom
-    # option a path given to send_c_store is streamed (and only to a context whose transfer
-    # syntax is the file's, which is the only one _associate proposes for it). A
-    # process-wide pynetdicom setting; it changes nothing for datasets sent as Datasets.
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-    ae = _make_ae(calling_ae, timeouts or SendTimeouts())
+    timeouts = timeouts or SendTimeouts()
     results: list[InstanceResult] = []
 
     def finish(f: _File, outcome: SendOutcome, status: int | None, error: str | None) -> None:
@@ -298,6 +309,34 @@ def send_files(
         if on_result is not None:
             on_result(f.sop_instance_uid, status, error)
 
+    if transport == "dcmsend":
+        _send_dcmsend(files, destination, calling_ae, timeouts, finish, max_reassociations)
+    else:
+        _send_pynetdicom(
+            files, destination, calling_ae, timeouts, finish, ssl_context, max_reassociations
+        )
+    _log_summary(results, destination)
+    return SendReport(tuple(results))
+
+
+_Finish = Callable[[_File, SendOutcome, int | None, str | None], None]
+
+
+def _send_pynetdicom(
+    files: Sequence[_File],
+    destination: DestinationNode,
+    calling_ae: str,
+    timeouts: SendTimeouts,
+    finish: _Finish,
+    ssl_context: ssl.SSLContext | None,
+    max_reassociations: int,
+) -> None:
+    # Send each file's bytes as stored, never decoded and re-encoded: with this pynetdicom
+    # option a path given to send_c_store is streamed (and only to a context whose transfer
+    # syntax is the file's, which is the only one _associate proposes for it). A
+    # process-wide pynetdicom setting; it changes nothing for datasets sent as Datasets.
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    ae = _make_ae(calling_ae, timeouts)
     reassociations = 0
     for batch in _batches(files):
         pending = list(batch)
@@ -332,8 +371,93 @@ def send_files(
                     break
                 reassociations += 1
                 logger.warning("association to %s lost; opening a new one", destination.ae_title)
-    _log_summary(results, destination)
-    return SendReport(tuple(results))
+
+
+def _send_dcmsend(
+    files: Sequence[_File],
+    destination: DestinationNode,
+    calling_ae: str,
+    timeouts: SendTimeouts,
+    finish: _Finish,
+    max_reassociations: int,
+) -> None:
+    """One ``dcmsend`` process per batch; the instances it could not send go again in a new
+    process (a new association), at most ``max_reassociations`` times in all."""
+    request = dcmsend.DcmsendRequest(
+        host=destination.host,
+        port=destination.port,
+        called_ae=destination.ae_title,
+        calling_ae=calling_ae,
+        connect_timeout=timeouts.connect,
+        acse_timeout=timeouts.acse,
+        dimse_timeout=timeouts.dimse,
+        network_timeout=timeouts.network,
+    )
+    reassociations = 0
+    for context_batch in _batches(files):
+        for start in range(0, len(context_batch), _DCMSEND_FILES_PER_RUN):
+            pending = context_batch[start : start + _DCMSEND_FILES_PER_RUN]
+            while pending:
+                run = dcmsend.run_dcmsend(request, [f.path for f in pending])
+                if run.failure is not None:
+                    logger.warning("%s: %s at %s:%d", run.failure, *_where(destination))
+                    for f in pending:
+                        finish(f, SendOutcome.UNKNOWN, None, run.failure)
+                    break
+                pending = _finish_dcmsend_run(pending, run, finish)
+                if pending:
+                    if reassociations >= max_reassociations:
+                        for f in pending:
+                            finish(f, SendOutcome.UNKNOWN, None, _NO_RESPONSE)
+                        break
+                    reassociations += 1
+                    logger.warning(
+                        "%d instance(s) to %s unanswered; running dcmsend again",
+                        len(pending),
+                        destination.ae_title,
+                    )
+
+
+def _finish_dcmsend_run(
+    files: Sequence[_File], run: dcmsend.DcmsendRun, finish: _Finish
+) -> list[_File]:
+    """Report each file's outcome from ``run``'s report; return those to send again."""
+    by_name: dict[str, dcmsend.ReportEntry] = {}
+    for each in run.entries:
+        by_name.setdefault(each.filename, each)
+    again: list[_File] = []
+    for f in files:
+        entry = by_name.get(str(f.path))
+        if entry is None or entry.sop_instance_uid != f.sop_instance_uid:
+            # dcmsend skipped it (e.g. it could not read it): no answer, and none to expect
+            finish(f, SendOutcome.UNKNOWN, None, "not in dcmsend's report")
+        elif entry.status is None:
+            if entry.no_context or run.context_accepted(entry) is False:
+                finish(f, SendOutcome.FAILED, None, _NO_CONTEXT)
+            elif entry.filename in run.unanswered:
+                # sent, and no response (timeout or abort): as with pynetdicom, not sent again
+                # in this call (it may have been stored); the job's retry sends it again
+                finish(f, SendOutcome.UNKNOWN, None, _NO_RESPONSE)
+            else:
+                again.append(f)  # not sent (the association ended first): on a new one
+        else:
+            code = entry.status
+            if code in STORED_STATUSES:
+                finish(f, SendOutcome.STORED, code, None)
+            else:
+                finish(f, SendOutcome.FAILED, code, f"status 0x{code:04X}")
+        if (
+            entry is not None
+            and entry.status is not None
+            and entry.network_transfer_syntax not in (None, f.transfer_syntax_uid)
+        ):
+            logger.warning(
+                "%s: dcmsend sent it as %s, not as stored (%s)",
+                f.sop_instance_uid,
+                entry.network_transfer_syntax,
+                f.transfer_syntax_uid,
+            )
+    return again
 
 
 def _where(destination: DestinationNode) -> tuple[str, str, int]:

@@ -44,7 +44,7 @@ from bonect.catalog.jobs import JobState
 from bonect.catalog.queue import Catalog, ClaimLost
 from bonect.catalog.records import JobRecord, UncertaintySummary
 from bonect.catalog.tables import SendStatus
-from bonect.config import Destination
+from bonect.config import Destination, SendTransport
 from bonect.converter.dicom_reader import read_mr_files
 from bonect.converter.dicom_writer import WrittenSeries, write_synthetic_ct
 from bonect.converter.pipeline import (
@@ -147,6 +147,7 @@ class WorkerSettings:
     return_to_sender: bool = False
     lease: timedelta = timedelta(seconds=120)  # [catalog] lease_seconds
     simulated_forward_seconds: float | None = None  # tests and bench only (daemon.simulated)
+    transport: SendTransport = "pynetdicom"  # [sender] transport
 
 
 class Worker:
@@ -419,6 +420,7 @@ class Worker:
                 calling_ae=self.settings.calling_ae,
                 timeouts=self.settings.timeouts,
                 on_result=self._send_recorder(job, route.name),
+                transport=self.settings.transport,
             )
             missing += len(report.results) - len(report.stored)
             self._audit_send(job, route, stored=len(report.stored), tried=len(report.results))
