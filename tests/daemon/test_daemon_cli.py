@@ -6,6 +6,7 @@ through the :class:`Catalog` API and an in-process pynetdicom Verification SCP o
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -175,6 +176,22 @@ def test_check_config_lists_every_problem_and_exits_78(tmp_path: Path) -> None:
     assert "destinations.0.port: Input should be less than or equal to 65535" in result.stderr
     assert "settle.quiet_seconds: Input should be greater than 0" in result.stderr
     assert "settle.colour: Extra inputs are not permitted" in result.stderr
+
+
+def test_check_config_wants_dcmsend_on_the_path_for_the_dcmsend_transport(tmp_path: Path) -> None:
+    config = write_config(tmp_path, extra='[sender]\ntransport = "dcmsend"\n')
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = subprocess.run(
+        [str(DAEMON), "--config", str(config), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PATH": str(empty)},
+    )
+    assert result.returncode == EXIT_CONFIG
+    assert 'sender.transport: "dcmsend", but DCMTK\'s dcmsend is not on PATH' in result.stderr
 
 
 def test_check_config_finds_missing_files(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -119,6 +120,11 @@ def config_problems(config: Config) -> list[str]:
 
         if not torch.cuda.is_available():
             problems.append("converter.device: cuda, but no CUDA device is available")
+    if config.sender.transport == "dcmsend" and shutil.which("dcmsend") is None:
+        problems.append(
+            'sender.transport: "dcmsend", but DCMTK\'s dcmsend is not on PATH '
+            "(apt-get install dcmtk, or transport = \"pynetdicom\")"
+        )
     return problems
 
 
