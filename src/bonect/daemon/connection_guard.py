@@ -148,6 +148,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     _limits: ConnectionLimits
     _refusals: RefusalLog
     _slots: AssociationSlots
+    _accepted_since_collect: bool = False
 
     def guard(
         self,
@@ -172,10 +173,20 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         )
         return waiting + self._handshaking
 
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` every half second: pynetdicom runs a full
+        ``gc.collect()`` every 30 s there (dead association threads linger in cycles); it costs
+        ~0.1 s in a process with PyTorch loaded, so here only when a connection came since."""
+        if self._accepted_since_collect:
+            super().service_actions()
+            if self._gc[0] == 0:  # pynetdicom collected just now
+                self._accepted_since_collect = False
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept, and nothing more: the TLS handshake is done in the connection's thread."""
         assert self.socket is not None
         client, address = self.socket.accept()
+        self._accepted_since_collect = True
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:

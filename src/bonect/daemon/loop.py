@@ -23,7 +23,8 @@ Duty = Callable[[], bool]
 """One part of a step; True when it did work (a job processed, a series queued)."""
 
 IDLE_FIRST_SECONDS = 0.05
-IDLE_CAP_SECONDS = 1.0
+IDLE_CAP_SECONDS = 1.0  # a loop that only polls: a worker host's, or settling and work in one
+WOKEN_IDLE_CAP_SECONDS = 5.0  # a loop woken by an event for its work: it polls for the rest
 
 
 @dataclass
@@ -80,10 +81,12 @@ def run_loop(
     guard: StepGuard,
     wake: threading.Event,
     clock: Callable[[], datetime],
+    *,
+    idle_cap: float = IDLE_CAP_SECONDS,
 ) -> None:
     """Call ``step(clock())`` until ``stop``: at once again after work, else wait on ``wake``
-    for up to 50 ms doubling to 1 s while idle; while ``guard`` backs off, only ``stop`` cuts
-    the wait short."""
+    for up to 50 ms doubling to ``idle_cap`` while idle; while ``guard`` backs off, only
+    ``stop`` cuts the wait short."""
     idle = IDLE_FIRST_SECONDS
     while not stop.is_set():
         if step(clock()):
@@ -94,4 +97,4 @@ def run_loop(
             continue
         wake.wait(timeout=idle)
         wake.clear()
-        idle = min(idle * 2, IDLE_CAP_SECONDS)
+        idle = min(idle * 2, idle_cap)

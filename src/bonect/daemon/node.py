@@ -35,7 +35,7 @@ from bonect.converter.inference import pick_device
 from bonect.daemon.archive import Archive
 from bonect.daemon.connection_guard import ConnectionLimits
 from bonect.daemon.dropfolder import DropFolder
-from bonect.daemon.loop import StepGuard, run_loop
+from bonect.daemon.loop import WOKEN_IDLE_CAP_SECONDS, StepGuard, run_loop
 from bonect.daemon.model_holder import ModelHolder
 from bonect.daemon.prometheus import NodeMetrics
 from bonect.daemon.receive import Receiver
@@ -445,14 +445,24 @@ class Node:
         def work_step(now: datetime) -> bool:
             return self.guard.attempt(now, lambda: self._work(now))
 
+        # each loop is woken for its work (an association's end; a job queued here), so idle
+        # they poll only for timers (the quiet timer, retries) and other hosts' or tools' jobs
         settler = threading.Thread(
             target=run_loop,
             args=(stop, settle_step, receiving, self.wake, self.clock),
+            kwargs={"idle_cap": WOKEN_IDLE_CAP_SECONDS},
             name="bonect-settle",
         )
         settler.start()
         try:
-            run_loop(stop, work_step, self.guard, self.jobs_queued, self.clock)
+            run_loop(
+                stop,
+                work_step,
+                self.guard,
+                self.jobs_queued,
+                self.clock,
+                idle_cap=WOKEN_IDLE_CAP_SECONDS,
+            )
         finally:
             stop.set()  # (already set, unless the worker's loop ended by an exception)
             settler.join()
