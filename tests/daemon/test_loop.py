@@ -91,3 +91,17 @@ def test_the_loop_backs_off_after_a_failed_step() -> None:
 
     run_loop(stop, step, guard, wake, lambda: clock[0])
     assert guard.failed_steps == 2
+
+
+def test_the_backoff_counts_from_when_a_blocked_step_failed() -> None:
+    """A step blocked 35 s (a catalog locked past its busy timeout) backs off from its end."""
+    clock = [NOW]
+    guard = StepGuard(RetryPolicy(initial_seconds=1.0, cap_seconds=60.0), clock=lambda: clock[0])
+
+    def blocked() -> bool:
+        clock[0] = NOW + timedelta(seconds=35)
+        raise RetryableError("database is locked")
+
+    guard.attempt(NOW, blocked)
+    assert guard.resume_at is not None
+    assert guard.resume_at > NOW + timedelta(seconds=35)

@@ -41,6 +41,7 @@ class StepGuard:
     name: str = "step"
     failed_steps: int = 0  # steps in a row that failed
     resume_at: datetime | None = None  # no step before this, after a failed one
+    clock: Callable[[], datetime] | None = None  # when a failure ends (else the step's start)
 
     def attempt(self, now: datetime, *duties: Duty) -> bool:
         """Run ``duties`` unless backing off; True when one of them did work."""
@@ -61,7 +62,10 @@ class StepGuard:
 
     def _back_off(self, now: datetime, exc: Exception) -> None:
         self.failed_steps += 1
-        self.resume_at = now + self.backoff.delay(self.failed_steps)
+        # from when the step failed, not when it began: a step blocked 30 s by a locked
+        # catalog would otherwise name a next try already past, and not back off at all
+        failed_at = self.clock() if self.clock is not None else now
+        self.resume_at = max(now, failed_at) + self.backoff.delay(self.failed_steps)
         # a BonectError's message is for operators; another's may quote SQL parameters
         why = str(exc) if isinstance(exc, BonectError) else type(exc).__name__
         log = logger.warning if isinstance(exc, RetryableError) else logger.error

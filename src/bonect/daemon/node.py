@@ -229,6 +229,10 @@ class Node:
     guard: StepGuard = field(default_factory=lambda: StepGuard(STEP_BACKOFF))
     jobs_queued: threading.Event = field(default_factory=threading.Event)  # wakes the worker
 
+    def __post_init__(self) -> None:
+        if self.guard.clock is None:
+            self.guard.clock = self.clock
+
     @property
     def failed_steps(self) -> int:
         """Steps in a row that failed (of :meth:`step`, or of the worker's loop in :meth:`run`)."""
@@ -437,7 +441,7 @@ class Node:
         if self.worker is None or not self.role.receives:
             run_loop(stop, self.step, self.guard, self.wake, self.clock)
             return
-        receiving = StepGuard(STEP_BACKOFF, name="settle step")
+        receiving = StepGuard(STEP_BACKOFF, name="settle step", clock=self.clock)
 
         def settle_step(now: datetime) -> bool:
             return receiving.attempt(now, lambda: self._settle(now), lambda: self._tidy(now))
