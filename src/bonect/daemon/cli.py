@@ -123,7 +123,7 @@ def config_problems(config: Config) -> list[str]:
     if config.sender.transport == "dcmsend" and shutil.which("dcmsend") is None:
         problems.append(
             'sender.transport: "dcmsend", but DCMTK\'s dcmsend is not on PATH '
-            "(apt-get install dcmtk, or transport = \"pynetdicom\")"
+            '(apt-get install dcmtk, or transport = "pynetdicom")'
         )
     return problems
 
