@@ -11,7 +11,7 @@ import pytest
 
 from bonect.catalog import Catalog, JobState, Role, SettleState, catalog_url
 from bonect.catalog.records import SeriesGeometry
-from bonect.daemon.settle import series_is_complete, settle_once
+from bonect.daemon.settle import QuietWatch, series_is_complete, settle_once
 from bonect.rules import RulesConfig
 from catalog.catalog_support import (
     AXIAL,
@@ -205,3 +205,33 @@ def test_a_series_being_received_when_the_daemon_stopped_counts_as_aborted(
     assert catalog.associations_cut_by_a_stop(clock.advance(30)) == 1  # a1's, not a2's
     assert len(settle(catalog, clock.now())) == 1  # the released one
     assert settle(catalog, clock.advance(QUIET * 2)) == []  # the cut one waits
+
+
+# -- a step of the wall clock (NTP, a resumed VM) -------------------------------------------
+
+
+def test_a_forward_step_of_the_wall_clock_settles_nothing_still_arriving(
+    catalog: Catalog, clock: FakeClock
+) -> None:
+    """Measured with libfaketime (docs/reliability.md): +1 h mid-series made the quiet timer
+    (and the aborted association's) elapse, and a cut series was settled, converted and sent.
+    The monotonic clock of :class:`QuietWatch` does not step."""
+    monotonic = [1000.0]
+    watch = QuietWatch(lambda: monotonic[0])
+    receive(catalog, series_headers(40, expected=300)[:39], clock.now(), association_id="a1")
+    assert settle_once(catalog, RULES, clock.now(), quiet_seconds=QUIET, watch=watch) == []
+    monotonic[0] += 2.0
+    stepped = clock.advance(3600)  # the wall clock steps; 2 s have passed
+    assert settle_once(catalog, RULES, stepped, quiet_seconds=QUIET, watch=watch) == []
+    series = catalog.series(MR)
+    assert series is not None and series.settle_state is SettleState.OPEN
+    # without the watch, the wall clock alone would have settled it (the defect)
+    assert any(s.series_uid == MR for s in catalog.series_to_settle(stepped, QUIET))
+    # the instances keep coming; once they stop, the quiet time passes on both clocks
+    receive(catalog, series_headers(300, expected=300)[39:], clock.now(), association_id="a1")
+    monotonic[0] += 1.0
+    assert settle_once(catalog, RULES, clock.advance(1), quiet_seconds=QUIET, watch=watch) == []
+    monotonic[0] += QUIET
+    (job_id,) = settle_once(catalog, RULES, clock.advance(QUIET), quiet_seconds=QUIET, watch=watch)
+    assert catalog.job(job_id) is not None
+    assert catalog.series(MR).instance_count == 300  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ import shutil
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,7 @@ from bonect.daemon.receive import Receiver
 from bonect.daemon.roles import NodeRole, requeue_own_orphans
 from bonect.daemon.scp import AccessPolicy, StorageServer, server_tls_context
 from bonect.daemon.sender import RetryPolicy, SendTimeouts
-from bonect.daemon.settle import settle_once
+from bonect.daemon.settle import QuietWatch, settle_once
 from bonect.daemon.simulated import ENVIRONMENT_VARIABLE, simulated_forward_seconds
 from bonect.daemon.worker import Route, Worker, WorkerSettings
 from bonect.dicom.header import InstanceHeader
@@ -228,6 +229,7 @@ class Node:
     last_housekeeping: datetime | None = None
     guard: StepGuard = field(default_factory=lambda: StepGuard(STEP_BACKOFF))
     jobs_queued: threading.Event = field(default_factory=threading.Event)  # wakes the worker
+    quiet_watch: QuietWatch = field(default_factory=QuietWatch)  # timers on a monotonic clock
 
     def __post_init__(self) -> None:
         if self.guard.clock is None:
@@ -337,6 +339,11 @@ class Node:
             clock=clock,
             audit=audit,
             role=role,
+            # the settle timers' second clock: monotonic, unless a clock was given (tests,
+            # simulations), whose time then drives both
+            quiet_watch=QuietWatch(
+                time.monotonic if clock is utc_now else lambda: clock().timestamp()
+            ),
         )._audit_start(None if server is None else server.port, tls is not None)
 
     @property
@@ -388,6 +395,7 @@ class Node:
             quiet_seconds=self.config.settle.quiet_seconds,
             aborted_quiet_seconds=self.config.settle.aborted_quiet_seconds,
             audit=self.audit,
+            watch=self.quiet_watch,
         )
         if queued:
             self.metrics.series_completed.inc(len(queued))

@@ -14,12 +14,20 @@ stack cut at slice 140 of 298 has no gap to give it away. Its series waits
 (ImagesInAcquisition, NumberOfFrames) shows it whole; a new instance (the resend) clears the
 abort and the series settles as any other.
 
+The quiet timers are judged on the wall clock of the catalog (every receiver host writes it)
+*and*, with a :class:`QuietWatch`, on this process's monotonic clock: a series settles on a
+timer only when it has also been seen unchanged for as long. A step of the wall clock (NTP after
+a drift, a resumed VM: measured with +1 h mid-series, a cut series settled, converted and sent)
+then settles nothing early; after a restart the timers start again, which only delays.
+
 :func:`settle_once` is one step of the settle loop, driven with the time passed in.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from bonect.audit import AuditEvent, AuditTrail, Participant, Subject
@@ -57,6 +65,31 @@ def series_is_complete(geometry: SeriesGeometry) -> bool:
     return completeness(geometry).complete
 
 
+class QuietWatch:
+    """How long this process has seen each open series unchanged, on a monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, tuple[object, float]] = {}  # series -> (its state, seen since)
+
+    def unchanged_for(self, series_uid: str, state: object) -> float:
+        """Seconds since ``series_uid`` was first seen in ``state`` (0 when it just changed)."""
+        now = self._clock()
+        seen = self._seen.get(series_uid)
+        if seen is None or seen[0] != state:
+            self._seen[series_uid] = (state, now)
+            return 0.0
+        return now - seen[1]
+
+    def forget(self, series_uid: str) -> None:
+        self._seen.pop(series_uid, None)
+
+    def keep_only(self, open_series: set[str]) -> None:
+        """Forget the series no longer open (settled here, by another host, or deleted)."""
+        for series_uid in self._seen.keys() - open_series:
+            del self._seen[series_uid]
+
+
 def settle_once(
     catalog: Catalog,
     rules: RulesConfig,
@@ -65,18 +98,34 @@ def settle_once(
     quiet_seconds: float,
     aborted_quiet_seconds: float = 3600.0,
     audit: AuditTrail | None = None,
+    watch: QuietWatch | None = None,
 ) -> list[int]:
     """Settle every series that is complete at ``now``; returns the ids of the jobs queued.
 
     A series whose quiet time has passed settles whatever its geometry (the converter judges
     it then); a released one settles early only with complete geometry. A series that
     received an instance between being read and being settled is left for the next step.
+    With ``watch``, the quiet time must also have passed on its monotonic clock.
     """
     queued: list[int] = []
-    for series in catalog.series_to_settle(now, quiet_seconds):
+    # with a watch, every open series is looked at, so that its monotonic timer starts with
+    # its last instance rather than when the wall clock first calls it quiet
+    candidates = catalog.series_to_settle(now, quiet_seconds if watch is None else 0.0)
+    if watch is not None:
+        watch.keep_only({series.series_uid for series in candidates})
+    for series in candidates:
         aborted = series.association_aborted_at is not None
         wait = aborted_quiet_seconds if aborted else quiet_seconds
         quiet = series.last_received_at <= now - timedelta(seconds=wait)
+        if watch is not None:
+            state = (series.revision, series.instance_count, aborted)
+            seen_quiet = watch.unchanged_for(series.series_uid, state) >= wait
+            if quiet and not seen_quiet:
+                logger.debug("series %s: quiet by the wall clock only", series.series_uid)
+            quiet = quiet and seen_quiet
+            ended = aborted or series.association_released_at is not None
+            if not quiet and not ended:
+                continue  # still arriving: nothing to judge yet
         if not quiet:
             geometry = catalog.series_geometry(series.series_uid)
             if geometry is None:
@@ -95,6 +144,8 @@ def settle_once(
         if settled is None:
             logger.debug("series %s changed while settling; next time", series.series_uid)
             continue
+        if watch is not None:
+            watch.forget(series.series_uid)
         logger.info(
             "series %s settled (%s, %d instances, %s) as %s",
             series.series_uid,
