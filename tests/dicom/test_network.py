@@ -5,12 +5,13 @@ from __future__ import annotations
 import socket
 from types import SimpleNamespace
 
+import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from bonect.dicom.network import WireResponses, set_nodelay
+from bonect.dicom.network import WireResponses, monotonic_association_timers, set_nodelay
 
 
 def _nodelay(event: Event) -> int:
@@ -62,3 +63,24 @@ def test_a_response_seen_on_the_wire_is_kept_if_pynetdicom_loses_it() -> None:
     for command in (rsp, rq):
         wire.on_dimse_recv(SimpleNamespace(message=SimpleNamespace(command_set=command)))  # type: ignore[arg-type]
     assert wire.status(7) == 0xB000 and wire.status(8) is None
+
+
+def test_a_step_of_the_wall_clock_does_not_expire_pynetdicoms_timers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pynetdicom's Timer (ARTIM, the idle timeout) read time.time(): +1 h on the wall clock
+    expired a 60 s timer at once and aborted the association. On the monotonic clock it does
+    not step."""
+    import time
+
+    import pynetdicom.timer
+    from pynetdicom.timer import Timer
+
+    monkeypatch.setattr(pynetdicom.timer, "time", pynetdicom.timer.time)  # restored after
+    monotonic_association_timers()
+    timer = Timer(60)
+    timer.start()
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + 3600.0)  # the wall clock steps +1 h
+    assert not timer.expired
+    assert 0 < timer.remaining <= 60

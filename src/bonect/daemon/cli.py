@@ -215,8 +215,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     from bonect.daemon.node import Node
     from bonect.daemon.priors import start_priors_thread
     from bonect.daemon.roles import NodeRole
+    from bonect.dicom.network import monotonic_association_timers
 
     set_threads(config.converter.threads)
+    monotonic_association_timers()  # a step of the wall clock must not abort associations
     # patient data: nothing we write is for other users, whatever the shell's umask (the unit
     # sets UMask=0077 as well); a stricter umask is kept
     os.umask(os.umask(0o077) | 0o077)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -55,3 +56,25 @@ class WireResponses:
         """The status the destination answered to message ``msg_id``, if one was seen."""
         with self._lock:
             return self._statuses.get(msg_id)
+
+
+def monotonic_association_timers() -> None:
+    """Make pynetdicom's timers (ARTIM, the network idle timeout) measure on the monotonic clock.
+
+    pynetdicom 3.0.4's ``Timer`` subtracts ``time.time()`` readings: a forward step of the wall
+    clock (NTP after a drift, a resumed VM) larger than the idle timeout expires it at once and
+    aborts every open association (measured with libfaketime: +1 h mid-series aborted the
+    modality's association in 3 of 5 runs). Its readings only ever measure elapsed time, so the
+    monotonic clock is the right one. Called once by ``bonect-daemon start``; idempotent.
+    """
+    import pynetdicom.timer
+
+    pynetdicom.timer.time = _MonotonicTime()  # type: ignore[attr-defined,assignment]
+
+
+class _MonotonicTime:
+    """What ``pynetdicom.timer`` calls ``time``: its ``time()`` is :func:`time.monotonic`."""
+
+    @staticmethod
+    def time() -> float:
+        return time.monotonic()
