@@ -2,9 +2,11 @@
 
 `bonect-daemon start` is killed (SIGKILL) at a seeded random moment of receive, settle, convert,
 send and prior retrieval, and started again; the PACS answers 0xA700 / 0xC000 to first
-attempts; another process locks the catalog mid-series. Each run must end with nothing lost,
-duplicated, missing or stuck at the PACS (:mod:`faults.matrix` counts, and says how). The long
-version is the same code by command: ``python tests/faults/run.py --runs 10 --slices 300``.
+attempts; another process locks the catalog mid-series; the PACS (Orthanc) goes down mid-send
+for a few seconds (``PACS_DOWN_S``; the long version's outage is 2 min) and comes back on the
+same port and storage. Each run must end with nothing lost, duplicated, missing or stuck at the
+PACS (:mod:`faults.matrix` counts, and says how). The long version is the same code by
+command: ``python tests/faults/run.py --runs 10 --slices 300``.
 
 The seed is drawn per session and printed with every run (``BONECT_FAULT_SEED=<seed>`` replays
 it). A kill whose outside poll was too slow for its stage (the stage ended between the poll
@@ -27,6 +29,7 @@ pytestmark = needs_peers
 
 PRIOR_SLICES = 60
 DEADLINE_S = 120.0
+PACS_DOWN_S = 4.0  # the long version's outage is 2 min; the backoff (1-4 s) is the same
 SEED = int(os.environ.get("BONECT_FAULT_SEED") or random.SystemRandom().randrange(10**6))
 
 
@@ -39,6 +42,7 @@ def matrix(tmp_path_factory: pytest.TempPathFactory, coarse_mr: Series) -> Itera
         seed=SEED,
         prior_slices=PRIOR_SLICES,
         deadline_s=DEADLINE_S,
+        pacs_down_s=PACS_DOWN_S,
     )
 
 

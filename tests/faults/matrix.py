@@ -24,7 +24,10 @@ there is none yet), ``send`` (after a drawn number of sCT instances were stored)
 without a kill: ``pacs_status`` (a pynetdicom storage SCP stands in for the PACS and answers
 0xA700 or 0xC000 to the first attempt of a drawn 10-50 % of the instances) and ``catalog_lock``
 (another process holds ``BEGIN EXCLUSIVE`` on the catalog for a drawn few seconds while the
-series arrives).
+series arrives). And one with a kill of the PACS: ``pacs_down`` (Orthanc is killed after a drawn
+number of sCT instances were stored, or when the job is claimed, before its sCT is ready; it
+stays down ``pacs_down_s``, 2 min by default, and comes back on the same port and storage; the
+sender retries with its backoff meanwhile).
 
 Each run draws from ``random.Random(f"{seed}:{stage}:{run}")``, so a seed replays a run's
 moments. ``tests/e2e/test_fault_matrix.py`` runs one run per stage on a small series;
@@ -64,6 +67,7 @@ from e2e.conftest import (
     CatalogView,
     Daemon,
     DisposablePacs,
+    OrthancOnPort,
     Series,
     copy_series,
     storescu_background,
@@ -74,7 +78,7 @@ from e2e.priors_support import QueryRetrievePacs, add_source, prior_series
 logger = logging.getLogger("faults")
 
 KILL_STAGES = ("receive", "settle", "convert", "send", "prior")
-OTHER_FAULTS = ("pacs_status", "catalog_lock")
+OTHER_FAULTS = ("pacs_status", "catalog_lock", "pacs_down")
 STAGES = KILL_STAGES + OTHER_FAULTS
 
 #: The matrix's daemon: the classical method (fast), quick send retries, no C-ECHO watch.
@@ -135,6 +139,7 @@ class Matrix:
     seed: int
     prior_slices: int = 100  # the CT at the source PACS for the prior stage
     deadline_s: float = 180.0  # after the restart: later than this, a job is stuck
+    pacs_down_s: float = 120.0  # the pacs_down stage: how long the PACS stays down
     keep: bool = False  # keep each run's folder (logs, catalog, Orthanc)
     # seen in the unfaulted conversions of earlier runs (each run's last job, converted in one
     # go after the restart): claim to first sCT stored, and association release to claim
@@ -695,6 +700,44 @@ def run_catalog_lock(
         return _settle_outcome(result, matrix, daemon, pacs, mr)
 
 
+def run_pacs_down(matrix: Matrix, folder: Path, rng: random.Random, result: RunResult) -> RunResult:
+    """Orthanc is killed after a drawn number of sCT instances were stored (0: when the job is
+    claimed, just before its sCT is ready), stays down ``pacs_down_s`` and comes back on the same
+    port and storage; the daemon must retry, with backoff, until it delivers."""
+    mr = matrix.copy(folder)
+    n = len(mr)
+    k = rng.randint(0, max(1, int(0.8 * n)))
+    down = matrix.pacs_down_s
+    when = f"sCT instance {k}/{n} stored" if k else "the job claimed (sCT not ready)"
+    result.moment = f"down {down:.0f} s from {when}"
+    with _pacs(folder) as first, _daemon(folder, first.dicom_port) as daemon:
+        catalog = daemon.catalog
+        _send_whole(daemon, mr)
+        if k:
+            reached = _wait(
+                lambda: _send_counts(catalog).get("stored", 0) >= k, 300, daemon, "the k-th send"
+            )
+        else:
+            reached = _wait(lambda: bool(catalog.job_states(mr.series_uid)), 300, daemon, "a job")
+        if not reached:
+            raise AssertionError(f"{when} never came:\n{daemon.log_text()[-4000:]}")
+        first.stop()  # SIGKILL: what it answered success to is committed, the rest is not
+        result.landed = _job_phase(catalog, mr.series_uid)
+        if _send_counts(catalog).get("stored", 0) >= n:
+            result.outside("every instance was stored before the PACS went down")
+        states: set[str] = set()
+        deadline = time.monotonic() + down
+        while time.monotonic() < deadline:  # the outage itself; the daemon must not die in it
+            states.update(catalog.job_states(mr.series_uid))
+            left = max(0.0, deadline - time.monotonic())
+            _wait(lambda: False, min(1.0, left), daemon, "the PACS to come back")
+        jobs = catalog.jobs(mr.series_uid)
+        attempts = jobs[-1]["attempts"] if jobs else 0
+        result.notes.append(f"in the outage: job states {sorted(states)}, {attempts} attempt(s)")
+        with OrthancOnPort(folder / "orthanc", dicom_port=first.dicom_port) as pacs:
+            return _settle_outcome(result, matrix, daemon, pacs, mr)
+
+
 Runner = Callable[[Matrix, Path, random.Random, RunResult], RunResult]
 RUNNERS: dict[str, Runner] = {
     "receive": run_receive,
@@ -704,6 +747,7 @@ RUNNERS: dict[str, Runner] = {
     "prior": run_prior,
     "pacs_status": run_pacs_status,
     "catalog_lock": run_catalog_lock,
+    "pacs_down": run_pacs_down,
 }
 
 

@@ -7,7 +7,8 @@ From the repository root, with the venv's Python::
 
 Each stage runs ``--runs`` times on a bone-MR phantom series of about ``--slices`` slices
 (rendered once, cached in ``--cache``); ``--prior-slices`` is the CT the prior stage retrieves
-(``--slices`` by default). A markdown table per stage (runs, lost, duplicated, missing,
+(``--slices`` by default); ``--pacs-down`` is how long the PACS stays down in the pacs_down
+stage (120 s by default). A markdown table per stage (runs, lost, duplicated, missing,
 stuck, the kill moments) is printed and written to ``--out``; the exit status is 1 when any
 figure is not 0. The suite's short version is ``tests/e2e/test_fault_matrix.py``: the same
 code, one run per stage on a small series.
@@ -67,6 +68,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated")
     parser.add_argument("--seed", type=int, default=None, help="default: drawn and printed")
     parser.add_argument("--deadline", type=float, default=300.0, help="s after the restart")
+    parser.add_argument(
+        "--pacs-down", type=float, default=120.0, help="s the PACS is down (pacs_down stage)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--cache", type=Path, default=Path("var/faults-cache"))
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
@@ -100,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=seed,
         prior_slices=args.prior_slices or args.slices,
         deadline_s=args.deadline,
+        pacs_down_s=args.pacs_down,
         keep=args.keep,
     )
     print(f"seed {seed}, {len(mr)} MR slices, work folder {work}", flush=True)
