@@ -112,11 +112,15 @@ def _page(request: Request, name: str, status: int = 200, **context: Any) -> Res
 def queue_page(request: Request) -> Response:
     web = _web(request)
     settings = web.config.web
+    # the rows first, the counts after: a job that ends between the two reads is then counted
+    # in its final state, never shown final in its row and still running in the counts
+    jobs = web_queries.recent_jobs(web.catalog, settings.jobs_shown)
+    states = web_queries.state_ages(web.catalog)
     return _page(
         request,
         "queue.html",
-        states=web_queries.state_ages(web.catalog),
-        jobs=web_queries.recent_jobs(web.catalog, settings.jobs_shown),
+        states=states,
+        jobs=jobs,
         oldest_waiting=web.catalog.oldest_waiting_since(),
         refresh=settings.refresh_seconds,
         title="Queue",
