@@ -99,3 +99,34 @@ def test_unplanned_send_needs_a_path(catalog: Catalog, clock: FakeClock, job: Jo
         path=Path("/out/9.dcm"),
     )
     assert record.path == Path("/out/9.dcm") and record.status is SendStatus.FAILED
+
+
+def test_a_plan_that_replaces_keeps_its_own_sends_and_drops_the_others(
+    catalog: Catalog, clock: FakeClock, job: JobRecord, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job converted again after a crash: its sends so far stay as they were (the same
+    UIDs); those of a conversion by another model (other UIDs) are dropped, and the ones that
+    were tried are logged, since their instances may be at the destination."""
+    catalog.plan_send_groups(job, [(INSTANCES, ["pacs"])], now=clock.now(), replace=True)
+    stored_uid = INSTANCES[0][0]
+    catalog.record_send(job, stored_uid, "pacs", status=SendStatus.STORED, now=clock.now())
+
+    # the same conversion again: nothing added, nothing dropped, the stored send kept
+    again = catalog.plan_send_groups(job, [(INSTANCES, ["pacs"])], now=clock.now(), replace=True)
+    assert again == 0
+    assert [s.sop_instance_uid for s in catalog.pending_sends(job)] == [u for u, _ in INSTANCES[1:]]
+    assert {s.status for s in catalog.sends(job) if s.sop_instance_uid == stored_uid} == {
+        SendStatus.STORED
+    }
+
+    # another model: other UIDs on the same paths
+    other = [(f"2.25.9{k}", path) for k, (_, path) in enumerate(INSTANCES)]
+    with caplog.at_level("WARNING", logger="bonect.catalog"):
+        assert (
+            catalog.plan_send_groups(job, [(other, ["pacs"])], now=clock.now(), replace=True) == 3
+        )
+    sends = catalog.sends(job)
+    assert sorted(s.sop_instance_uid for s in sends) == sorted(u for u, _ in other)
+    assert {s.status for s in sends} == {SendStatus.PENDING}
+    (warning,) = [r for r in caplog.records if "converted again by another model" in r.message]
+    assert "1 instance(s)" in warning.message and "(1 stored)" in warning.message

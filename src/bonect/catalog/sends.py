@@ -59,6 +59,20 @@ def plan_sends(
     return added
 
 
+def drop_unplanned(
+    session: Session, job_id: int, planned: set[tuple[str, str]]
+) -> list[SendRecord]:
+    """Delete the sends of a job whose (SOP Instance UID, destination) is not in ``planned``;
+    returns them as they were."""
+    rows = session.scalars(select(Send).where(Send.job_id == job_id)).all()
+    dropped = [row for row in rows if (row.sop_instance_uid, row.destination) not in planned]
+    records = [SendRecord.from_row(row) for row in dropped]
+    for row in dropped:
+        session.delete(row)
+    session.flush()
+    return records
+
+
 def record_send(
     session: Session,
     job_id: int,
@@ -138,12 +152,38 @@ class SendLedger:
         groups: Sequence[tuple[Sequence[tuple[str, Path]], Sequence[str]]],
         *,
         now: datetime,
+        replace: bool = False,
     ) -> int:
         """Plan several groups of instances, each to its own destinations, in one transaction
-        (the sCT to every destination, its uncertainty object only to those that asked)."""
+        (the sCT to every destination, its uncertainty object only to those that asked).
+
+        ``replace``: these groups are the job's whole plan so far (a conversion, maybe again
+        after a crash): a send of the job not in them is dropped, stored or not. Only a
+        conversion by another model than the interrupted one has such sends (the UIDs name the
+        model); one that was already tried is logged, since its instance may be at its
+        destination, in a series this job no longer sends.
+        """
+        job_id = job_id_of(job)
         with self._write.begin() as session:
+            if replace:
+                planned = {
+                    (uid, destination)
+                    for instances, destinations in groups
+                    for uid, _ in instances
+                    for destination in destinations
+                }
+                tried = [s for s in drop_unplanned(session, job_id, planned) if s.attempts > 0]
+                if tried:
+                    logger.warning(
+                        "job %d: converted again by another model; %d instance(s) of the "
+                        "interrupted conversion were sent before (%d stored) and stay at %s",
+                        job_id,
+                        len(tried),
+                        sum(s.status is SendStatus.STORED for s in tried),
+                        sorted({s.destination for s in tried}),
+                    )
             return sum(
-                plan_sends(session, job_id_of(job), instances, destinations, now)
+                plan_sends(session, job_id, instances, destinations, now)
                 for instances, destinations in groups
             )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 import bonect
 from bonect.converter.sct_modules import (
@@ -41,7 +42,7 @@ from bonect.converter.sct_modules import (
 )
 from bonect.converter.series import ImageSeries
 from bonect.dicom.attribute_repair import repaired_source_header
-from bonect.dicom.files import file_meta_for, write_datasets
+from bonect.dicom.files import file_meta_for, instance_path, save_each, write_datasets
 from bonect.dicom.modules import (
     copy_patient_and_study,
     dicom_date,
@@ -58,9 +59,20 @@ from bonect.dicom.provenance import MANUFACTURER, MANUFACTURER_MODEL_NAME
 from bonect.errors import ConversionError, SeriesError
 from bonect.hounsfield import HU_MAX, HU_MIN
 
-__all__ = ["WrittenSeries", "synthetic_ct_datasets", "write_synthetic_ct"]
+__all__ = [
+    "SCT_CONTEXT",
+    "WrittenSeries",
+    "iter_synthetic_ct_datasets",
+    "planned_sct_instances",
+    "synthetic_ct_datasets",
+    "write_synthetic_ct",
+]
 
 logger = logging.getLogger(__name__)
+
+_PREFIX = "CT"  # file names: CT_<InstanceNumber:04d>.dcm
+# the SOP class and transfer syntax of every sCT file (a sender proposes them before it has one)
+SCT_CONTEXT: tuple[str, str] = (str(CTImageStorage), str(ExplicitVRLittleEndian))
 
 # Attributes of the source's series and frame of reference that still hold for the sCT.
 _SOURCE_SERIES_KEYWORDS: tuple[str, ...] = (
@@ -149,6 +161,39 @@ def synthetic_ct_datasets(
     SeriesError
         If the source header lacks a study or frame of reference UID.
     """
+    return list(
+        iter_synthetic_ct_datasets(
+            hu,
+            source,
+            model_name=model_name,
+            model_version=model_version,
+            method=method,
+            clinical_use=clinical_use,
+            series_number=series_number,
+            now=now,
+            generation=generation,
+            replaces=replaces,
+            uncertainty_summary=uncertainty_summary,
+        )
+    )
+
+
+def iter_synthetic_ct_datasets(
+    hu: npt.NDArray[np.generic],
+    source: ImageSeries,
+    *,
+    model_name: str,
+    model_version: str,
+    method: str,
+    clinical_use: bool,
+    series_number: int | None = None,
+    now: datetime | None = None,
+    generation: int = 1,
+    replaces: int | None = None,
+    uncertainty_summary: str | None = None,
+) -> Iterator[Dataset]:
+    """:func:`synthetic_ct_datasets` one instance at a time, in slice order (checked, and the
+    shared header built, when the first is asked for)."""
     _validate(hu, source)
     moment = now if now is not None else datetime.now()
     header = repaired_source_header(source.header, series_uid=source.series_uid, log=logger)
@@ -227,7 +272,6 @@ def synthetic_ct_datasets(
     series.update(hu_rescale_module(0))
     series.update(voi_lut_module(WINDOW_PRESETS))
 
-    datasets = []
     for k in range(n_slices):
         ds = copy.deepcopy(series)
         ds.file_meta = file_meta_for(CTImageStorage, instance_uids[k])
@@ -237,8 +281,7 @@ def synthetic_ct_datasets(
         ds.ReferencedSeriesSequence = referenced_series(source, source.sources[k])
         ds.update(image_plane_module(affine, k))
         ds.PixelData = _hu_to_int16(hu[k]).tobytes()  # slice by slice: no float64 volume
-        datasets.append(ds)
-    return datasets
+        yield ds
 
 
 @dataclass(frozen=True)
@@ -250,6 +293,30 @@ class WrittenSeries:
     sop_instance_uids: tuple[str, ...]  # one per path, in the same order
     # the datasets written, for objects that reference them (the uncertainty object)
     datasets: tuple[Dataset, ...] = field(default=(), repr=False, compare=False)
+
+
+def planned_sct_instances(
+    source: ImageSeries,
+    out_dir: Path,
+    *,
+    model_name: str,
+    model_version: str,
+    method: str,
+    generation: int = 1,
+) -> tuple[str, list[tuple[str, Path]]]:
+    """The series UID and the (SOP Instance UID, path) of each instance that
+    :func:`write_synthetic_ct` will write for these arguments, known before any is written
+    (the daemon plans its sends with them)."""
+    series_uid, instance_uids = synthetic_ct_uids(
+        source.series_uid,
+        method=method,
+        model_name=model_name,
+        model_version=model_version,
+        n_slices=source.volume.shape[0],
+        generation=generation,
+    )
+    files = [(uid, instance_path(out_dir, _PREFIX, k + 1)) for k, uid in enumerate(instance_uids)]
+    return series_uid, files
 
 
 def write_synthetic_ct(
@@ -266,20 +333,24 @@ def write_synthetic_ct(
     generation: int = 1,
     replaces: int | None = None,
     uncertainty_summary: str | None = None,
+    on_written: Callable[[Path], None] | None = None,
 ) -> WrittenSeries:
     """Write the synthetic CT of ``source`` as ``out_dir/CT_<InstanceNumber:04d>.dcm``.
 
     The arguments are those of :func:`synthetic_ct_datasets`; the files are explicit VR little
-    endian with file meta information, written durably as a whole (see
-    :func:`bonect.dicom.files.save_datasets`). Other files in ``out_dir`` are left
-    alone.
+    endian with file meta information. Without ``on_written`` they are written durably as a
+    whole (see :func:`bonect.dicom.files.save_datasets`): none is under its final name before
+    all are. With it, each file is built and written in turn and ``on_written(path)`` is
+    called as soon as it is whole under its final name (a sender may take it then); all are
+    flushed to disk before this returns (:func:`bonect.dicom.files.save_each`). Other files in
+    ``out_dir`` are left alone.
 
     Returns
     -------
     WrittenSeries
         The files written, in slice order, with the UIDs they were given.
     """
-    datasets = synthetic_ct_datasets(
+    instances = iter_synthetic_ct_datasets(
         hu,
         source,
         model_name=model_name,
@@ -292,7 +363,21 @@ def write_synthetic_ct(
         replaces=replaces,
         uncertainty_summary=uncertainty_summary,
     )
-    paths = write_datasets(datasets, out_dir, prefix="CT")
+    if on_written is None:
+        datasets = list(instances)
+        paths = write_datasets(datasets, out_dir, prefix=_PREFIX)
+    else:
+        datasets = []
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+        def saved(ds: Dataset, path: Path) -> None:
+            datasets.append(ds)
+            on_written(path)
+
+        paths = save_each(
+            ((ds, instance_path(out_dir, _PREFIX, int(ds.InstanceNumber))) for ds in instances),
+            saved,
+        )
     logger.info(
         "wrote synthetic CT series %s (%d instances, from MR series %s) to %s",
         datasets[0].SeriesInstanceUID if datasets else "-",

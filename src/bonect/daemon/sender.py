@@ -26,7 +26,7 @@ import enum
 import logging
 import math
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -208,12 +208,11 @@ def _make_ae(calling_ae: str, timeouts: SendTimeouts) -> AE:
 def _associate(
     ae: AE,
     destination: DestinationNode,
-    files: Sequence[_File],
+    pairs: Sequence[tuple[str, str]],
     ssl_context: ssl.SSLContext | None,
     wire: WireResponses,
 ) -> Association:
     # one context per (SOP class, transfer syntax): the acceptor picks a single syntax per context
-    pairs = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
     contexts = [build_context(sop_class, [ts]) for sop_class, ts in pairs]
     return ae.associate(
         destination.host,
@@ -226,6 +225,36 @@ def _associate(
             (evt.EVT_DIMSE_RECV, wire.on_dimse_recv),
         ],
     )
+
+
+def _pairs(files: Iterable[_File]) -> list[tuple[str, str]]:
+    return sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
+
+
+class _Lookahead:
+    """The files to send, taken one at a time; :meth:`more` waits until it is known whether
+    another one comes (a streamed source blocks until its writer has written it)."""
+
+    def __init__(self, files: Iterable[_File]) -> None:
+        self._files = iter(files)
+        self._next: _File | None = None
+        self._ended = False
+
+    def more(self) -> bool:
+        if self._next is None and not self._ended:
+            self._next = next(self._files, None)
+            self._ended = self._next is None
+        return self._next is not None
+
+    def take(self) -> _File:
+        if not self.more() or self._next is None:
+            raise IndexError("no file left to send")
+        f, self._next = self._next, None
+        return f
+
+    def rest(self) -> Iterator[_File]:
+        while self.more():
+            yield self.take()
 
 
 def _store_one(
@@ -302,13 +331,7 @@ def send_files(
         raise ValueError("the dcmsend transport cannot send over TLS (dcmsend has no TLS)")
     files = [_read_header(Path(p)) for p in paths]
     timeouts = timeouts or SendTimeouts()
-    results: list[InstanceResult] = []
-
-    def finish(f: _File, outcome: SendOutcome, status: int | None, error: str | None) -> None:
-        results.append(InstanceResult(f.sop_instance_uid, f.path, outcome, status, error))
-        if on_result is not None:
-            on_result(f.sop_instance_uid, status, error)
-
+    results, finish = _collector(on_result)
     if transport == "dcmsend":
         _send_dcmsend(files, destination, calling_ae, timeouts, finish, max_reassociations)
     else:
@@ -319,7 +342,54 @@ def send_files(
     return SendReport(tuple(results))
 
 
+def send_stream(
+    paths: Iterable[Path],
+    destination: DestinationNode,
+    *,
+    contexts: Sequence[tuple[str, str]],
+    calling_ae: str,
+    timeouts: SendTimeouts | None = None,
+    on_result: OnResult | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    max_reassociations: int = 2,
+) -> SendReport:
+    """:func:`send_files` for files that are still being written: each path is sent as soon as
+    ``paths`` yields it (pynetdicom transport).
+
+    The association is opened when the first path comes and proposes ``contexts``, the
+    (SOP class UID, transfer syntax UID) pairs the files will have; a file of another pair is
+    reported ``FAILED`` as one the destination does not accept. A path that is not a readable
+    DICOM file raises :class:`UnsendableFileError`, after the files before it were reported.
+    """
+    results, finish = _collector(on_result)
+    try:
+        _send_over_associations(
+            _make_ae(calling_ae, timeouts or SendTimeouts()),
+            _Lookahead(_read_header(Path(p)) for p in paths),
+            sorted(set(contexts)),
+            destination,
+            finish,
+            ssl_context,
+            max_reassociations,
+        )
+    finally:
+        _log_summary(results, destination)
+    return SendReport(tuple(results))
+
+
 _Finish = Callable[[_File, SendOutcome, int | None, str | None], None]
+
+
+def _collector(on_result: OnResult | None) -> tuple[list[InstanceResult], _Finish]:
+    """A list of results, and the function that adds one and tells ``on_result``."""
+    results: list[InstanceResult] = []
+
+    def finish(f: _File, outcome: SendOutcome, status: int | None, error: str | None) -> None:
+        results.append(InstanceResult(f.sop_instance_uid, f.path, outcome, status, error))
+        if on_result is not None:
+            on_result(f.sop_instance_uid, status, error)
+
+    return results, finish
 
 
 def _send_pynetdicom(
@@ -331,46 +401,62 @@ def _send_pynetdicom(
     ssl_context: ssl.SSLContext | None,
     max_reassociations: int,
 ) -> None:
+    ae = _make_ae(calling_ae, timeouts)
+    left = max_reassociations
+    for batch in _batches(files):
+        left = _send_over_associations(
+            ae, _Lookahead(batch), _pairs(batch), destination, finish, ssl_context, left
+        )
+
+
+def _send_over_associations(
+    ae: AE,
+    files: _Lookahead,
+    pairs: Sequence[tuple[str, str]],
+    destination: DestinationNode,
+    finish: _Finish,
+    ssl_context: ssl.SSLContext | None,
+    reassociations_left: int,
+) -> int:
+    """Send ``files`` over associations proposing ``pairs``, opening a new one when one is
+    lost, ``reassociations_left`` times at most; returns how many are left."""
     # Send each file's bytes as stored, never decoded and re-encoded: with this pynetdicom
     # option a path given to send_c_store is streamed (and only to a context whose transfer
     # syntax is the file's, which is the only one _associate proposes for it). A
     # process-wide pynetdicom setting; it changes nothing for datasets sent as Datasets.
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-    ae = _make_ae(calling_ae, timeouts)
-    reassociations = 0
-    for batch in _batches(files):
-        pending = list(batch)
-        while pending:
-            wire = WireResponses()
-            assoc = _associate(ae, destination, pending, ssl_context, wire)
-            if not assoc.is_established:
-                if assoc.rejected_contexts and not assoc.accepted_contexts:
-                    # it answered, and takes none of these SOP classes / syntaxes: a refusal
-                    logger.warning("%s at %s:%d takes none of the files", *_where(destination))
-                    for f in pending:
-                        finish(f, SendOutcome.FAILED, None, _NO_CONTEXT)
-                    break
-                why = "association rejected" if assoc.is_rejected else "association failed"
-                logger.warning("%s by %s at %s:%d", why, *_where(destination))
-                for f in pending:
-                    finish(f, SendOutcome.UNKNOWN, None, why)
+    while files.more():
+        wire = WireResponses()
+        assoc = _associate(ae, destination, pairs, ssl_context, wire)
+        if not assoc.is_established:
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                # it answered, and takes none of these SOP classes / syntaxes: a refusal
+                logger.warning("%s at %s:%d takes none of the files", *_where(destination))
+                for f in files.rest():
+                    finish(f, SendOutcome.FAILED, None, _NO_CONTEXT)
                 break
-            try:
-                msg_id = 0
-                while pending and assoc.is_established:
-                    f = pending.pop(0)
-                    msg_id += 1
-                    finish(f, *_store_one(assoc, f, msg_id, wire))
-            finally:
-                if assoc.is_established:
-                    assoc.release()
-            if pending:
-                if reassociations >= max_reassociations:
-                    for f in pending:
-                        finish(f, SendOutcome.UNKNOWN, None, "association lost, not re-opened")
-                    break
-                reassociations += 1
-                logger.warning("association to %s lost; opening a new one", destination.ae_title)
+            why = "association rejected" if assoc.is_rejected else "association failed"
+            logger.warning("%s by %s at %s:%d", why, *_where(destination))
+            for f in files.rest():
+                finish(f, SendOutcome.UNKNOWN, None, why)
+            break
+        try:
+            msg_id = 0
+            while assoc.is_established and files.more():
+                f = files.take()
+                msg_id += 1
+                finish(f, *_store_one(assoc, f, msg_id, wire))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if files.more():
+            if reassociations_left <= 0:
+                for f in files.rest():
+                    finish(f, SendOutcome.UNKNOWN, None, "association lost, not re-opened")
+                break
+            reassociations_left -= 1
+            logger.warning("association to %s lost; opening a new one", destination.ae_title)
+    return reassociations_left
 
 
 def _send_dcmsend(

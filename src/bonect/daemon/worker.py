@@ -9,6 +9,15 @@ claiming anything else; a job taken from it meanwhile (:class:`ClaimLost`) is le
 holder. Sends are planned per instance and destination before the first attempt, so a job
 resumed after a crash sends exactly what is still pending.
 
+The sCT is sent while it is written: its UIDs and file names are known before the first file
+exists (:func:`~bonect.converter.dicom_writer.planned_sct_instances`), so the sends are planned
+first, and a thread per destination (:mod:`bonect.daemon.send_stream`) sends each file as soon
+as the writer has it whole. The job stays ``running`` until the last file is written and
+flushed; a crash before that converts and writes again with the same UIDs, and sends only what
+was not stored (a conversion by another model, whose UIDs differ, replaces the plan:
+:meth:`~bonect.catalog.sends.SendLedger.plan_send_groups`). With ``[sender] transport =
+"dcmsend"`` the series is written whole first and sent in batches.
+
 A job is claimed with a lease (``[catalog] lease_seconds``), renewed by a
 :class:`~bonect.daemon.lease.LeaseKeeper` while the worker holds it and once more before the
 sCT is written and before it is sent; a worker that died is so replaced by another once its
@@ -32,9 +41,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,7 +56,12 @@ from bonect.catalog.records import JobRecord, UncertaintySummary
 from bonect.catalog.tables import SendStatus
 from bonect.config import Destination, SendTransport
 from bonect.converter.dicom_reader import read_mr_files
-from bonect.converter.dicom_writer import WrittenSeries, write_synthetic_ct
+from bonect.converter.dicom_writer import (
+    SCT_CONTEXT,
+    WrittenSeries,
+    planned_sct_instances,
+    write_synthetic_ct,
+)
 from bonect.converter.pipeline import (
     Conversion,
     convert,
@@ -61,13 +76,17 @@ from bonect.converter.uncertainty_object import (
 from bonect.daemon.lease import LeaseKeeper
 from bonect.daemon.model_holder import ModelHolder
 from bonect.daemon.prometheus import NodeMetrics
+from bonect.daemon.send_stream import FileFeed, SenderThreads
 from bonect.daemon.sender import (
     STORED_STATUSES,
     DestinationNode,
     OnResult,
     RetryPolicy,
+    SendOutcome,
+    SendReport,
     SendTimeouts,
     send_files,
+    send_stream,
 )
 from bonect.daemon.simulated import IDENTITY as SIMULATED
 from bonect.daemon.simulated import simulate
@@ -85,6 +104,9 @@ def _summary(conversion: Conversion, threshold: float | None) -> UncertaintySumm
     if threshold is None or spread is None or head is None:
         return None
     return UncertaintySummary(uncertain_share(spread.array, head, threshold), threshold)
+
+
+Streamed = Mapping[str, SendReport]  # what was sent while the sCT was written, by destination
 
 
 class SendIncomplete(RetryableError):
@@ -262,14 +284,16 @@ class Worker:
             self.lease.renew()
 
     def _process(self, job: JobRecord) -> None:
+        streamed: Streamed = {}
         if job.output_dir is None or not job.output_dir.is_dir():
-            job = self._convert(job)
+            job, streamed = self._convert(job)
         self._renew_lease()
         job = self.catalog.mark_sending(job, now=self.clock())
-        self._send(job)
+        self._send(job, streamed)
         self._withdraw_earlier(job)
 
-    def _convert(self, job: JobRecord) -> JobRecord:
+    def _convert(self, job: JobRecord) -> tuple[JobRecord, Streamed]:
+        """Convert, write and (streaming) send the sCT; the job and what was sent meanwhile."""
         started = time.perf_counter()
         instances = self.catalog.instances(job.series_uid)
         with storage_errors(f"job {job.id}: reading the MR series"):
@@ -306,26 +330,48 @@ class Worker:
         self._renew_lease()  # before touching the output folder: still ours?
         out_dir = self.outgoing / job.series_uid / f"job{job.id}"
         replaced = [e.generation for e in self.catalog.earlier_jobs(job) if self._was_sent(e)]
-        with storage_errors(f"job {job.id}: writing the sCT to {out_dir}"):
-            if out_dir.exists():
-                shutil.rmtree(out_dir)  # a half-written output of a dead process
-            written = write_synthetic_ct(
-                conversion.sct.array,
-                series,
-                out_dir,
-                model_name=name,
-                model_version=version,
-                method="classical" if name == "classical" else "U-Net",
-                clinical_use=clinical,
-                generation=job.generation,
-                replaces=max(replaced, default=None),
-                uncertainty_summary=None if unsure is None else unsure.text(),
-            )
         names = self._destinations_for(job)
+        kind = "classical" if name == "classical" else "U-Net"
+        _, planned = planned_sct_instances(
+            series, out_dir, model_name=name, model_version=version, method=kind,
+            generation=job.generation,
+        )  # fmt: skip
+        # the sends are planned before the first file exists; a destination is sent each file
+        # as soon as it is written (pynetdicom), or the whole series after (dcmsend)
+        streaming = self.settings.transport == "pynetdicom" and bool(names)
+        if streaming:
+            self.catalog.plan_send_groups(job, [(planned, names)], now=self.clock(), replace=True)
+        feed = FileFeed()
+        senders = self._stream_senders(job, feed) if streaming else None
+        try:
+            with storage_errors(f"job {job.id}: writing the sCT to {out_dir}"):
+                if out_dir.exists():
+                    shutil.rmtree(out_dir)  # a half-written output of a dead process
+                written = write_synthetic_ct(
+                    conversion.sct.array,
+                    series,
+                    out_dir,
+                    model_name=name,
+                    model_version=version,
+                    method=kind,
+                    clinical_use=clinical,
+                    generation=job.generation,
+                    replaces=max(replaced, default=None),
+                    uncertainty_summary=None if unsure is None else unsure.text(),
+                    on_written=feed.put if streaming else None,
+                )
+        except BaseException:
+            feed.close()
+            if senders is not None:
+                senders.wait()  # what was written and sent stays recorded
+            raise
+        feed.close()
+        self.last_timings.add("write", started)
         with storage_errors(f"job {job.id}: writing the uncertainty object to {out_dir}"):
             extra = self._write_uncertainty(job, conversion, written, out_dir, names, unsure)
-        self.last_timings.add("write", started)
         now = self.clock()
+        groups = extra if streaming else [(planned, names), *extra]
+        self.catalog.plan_send_groups(job, groups, now=now, replace=not streaming)
         job = self.catalog.mark_converted(
             job,
             output_dir=out_dir,
@@ -334,8 +380,6 @@ class Worker:
             output_series_uid=written.series_uid or None,
             uncertainty=unsure,
         )
-        instances_written = list(zip(written.sop_instance_uids, written.paths, strict=True))
-        self.catalog.plan_send_groups(job, [(instances_written, names), *extra], now=now)
         logger.info(
             "job %d: %d sCT instances (generation %d) written with %s%s",
             job.id,
@@ -344,7 +388,30 @@ class Worker:
             label,
             "" if unsure is None else f"; {unsure.text()}",
         )
-        return job
+        return job, {} if senders is None else senders.join()
+
+    def _stream_senders(self, job: JobRecord, feed: FileFeed) -> SenderThreads[SendReport]:
+        """A sender per destination with sends pending, each taking its files from ``feed``
+        as they are written."""
+        pending = self.catalog.pending_sends(job)
+        senders: dict[str, Callable[[FileFeed], SendReport]] = {}
+        for route in self.settings.destinations:
+            wanted = frozenset(s.path for s in pending if s.destination == route.name)
+            if wanted:
+                senders[route.name] = partial(self._send_as_written, job, route, wanted)
+        return SenderThreads(feed, senders)
+
+    def _send_as_written(
+        self, job: JobRecord, route: Route, wanted: frozenset[Path], feed: FileFeed
+    ) -> SendReport:
+        return send_stream(
+            feed.only(wanted),
+            route.node,
+            contexts=[SCT_CONTEXT],
+            calling_ae=self.settings.calling_ae,
+            timeouts=self.settings.timeouts,
+            on_result=self._send_recorder(job, route.name),
+        )
 
     def _write_uncertainty(
         self,
@@ -406,24 +473,35 @@ class Worker:
             )
         return names + [n for n in back if n not in names]
 
-    def _send(self, job: JobRecord) -> None:
+    def _send(self, job: JobRecord, streamed: Streamed) -> None:
+        """Send what is pending and was not tried in this attempt (``streamed``: what was sent
+        while the sCT was written, by destination); SendIncomplete while any is not stored."""
         started = time.perf_counter()
         pending = self.catalog.pending_sends(job)
         missing = 0
         for route in self.settings.destinations:
-            mine = [s for s in pending if s.destination == route.name]
-            if not mine:
+            results = list(streamed[route.name].results) if route.name in streamed else []
+            tried = {r.sop_instance_uid for r in results}
+            mine = [
+                s
+                for s in pending
+                if s.destination == route.name and s.sop_instance_uid not in tried
+            ]
+            if mine:
+                report = send_files(
+                    [s.path for s in mine],
+                    route.node,
+                    calling_ae=self.settings.calling_ae,
+                    timeouts=self.settings.timeouts,
+                    on_result=self._send_recorder(job, route.name),
+                    transport=self.settings.transport,
+                )
+                results.extend(report.results)
+            if not results:
                 continue
-            report = send_files(
-                [s.path for s in mine],
-                route.node,
-                calling_ae=self.settings.calling_ae,
-                timeouts=self.settings.timeouts,
-                on_result=self._send_recorder(job, route.name),
-                transport=self.settings.transport,
-            )
-            missing += len(report.results) - len(report.stored)
-            self._audit_send(job, route, stored=len(report.stored), tried=len(report.results))
+            stored = sum(r.outcome is SendOutcome.STORED for r in results)
+            missing += len(results) - stored
+            self._audit_send(job, route, stored=stored, tried=len(results))
         if missing and self.metrics is not None:
             self.metrics.send_failures.inc(missing)
         self.last_timings.add("send", started)

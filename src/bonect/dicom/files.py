@@ -6,13 +6,18 @@ journal commit, about 5x faster here than one after the other), then renamed int
 the folder is fsync'd once. A crash leaves the old files, the new ones, or stray ``.*.tmp``
 files, never a truncated instance under its final name. :func:`fsync_dir` is also what the
 daemon's archive uses after its own renames.
+
+:func:`save_each` is the streamed variant for a reader that takes each file as soon as it is
+whole (the daemon sends an sCT instance while the next is written): each file appears under its
+final name at once, and all of them are flushed to disk together at the end, so the folder is
+durable only when it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,12 +83,7 @@ def save_datasets(items: Sequence[tuple[Dataset, Path]]) -> list[Path]:
             tmps.append(tmp)
             with tmp.open("wb") as fh:
                 ds.save_as(fh, enforce_file_format=True)
-        if len(tmps) > 1:
-            with ThreadPoolExecutor(min(_FSYNC_THREADS, len(tmps))) as pool:
-                list(pool.map(_fsync_file, tmps))
-        else:
-            for tmp in tmps:
-                _fsync_file(tmp)
+        _flush(tmps)
     except BaseException:
         for tmp in tmps:
             with contextlib.suppress(OSError):
@@ -102,9 +102,58 @@ def save_dataset(ds: Dataset, path: Path) -> Path:
     return path
 
 
+def _flush(paths: Sequence[Path]) -> None:
+    if len(paths) > 1:
+        with ThreadPoolExecutor(min(_FSYNC_THREADS, len(paths))) as pool:
+            list(pool.map(_fsync_file, paths))
+    else:
+        for path in paths:
+            _fsync_file(path)
+
+
+def save_each(
+    items: Iterable[tuple[Dataset, Path]], on_saved: Callable[[Dataset, Path], None]
+) -> list[Path]:
+    """Write each dataset to its path as it comes, and call ``on_saved`` once it is whole there.
+
+    Each file is written under a temporary name and renamed (a reader never sees a truncated
+    instance under its final name); the files and their folders are fsync'd together once all
+    are written, so they are durable only when this returns. On an error the file being written
+    is removed and the error raised; the files saved before it stay (the caller owns the folder).
+
+    Returns
+    -------
+    list[Path]
+        The paths, in the order given.
+    """
+    paths: list[Path] = []
+    for ds, path in items:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_name(path)
+        try:
+            with tmp.open("wb") as fh:
+                ds.save_as(fh, enforce_file_format=True)
+            tmp.replace(path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        paths.append(path)
+        on_saved(ds, path)
+    _flush(list(dict.fromkeys(paths)))
+    for folder in dict.fromkeys(path.parent for path in paths):
+        fsync_dir(folder)
+    return paths
+
+
+def instance_path(out_dir: Path, prefix: str, instance_number: int) -> Path:
+    """Where :func:`write_datasets` puts the instance numbered ``instance_number``."""
+    return out_dir / f"{prefix}_{instance_number:04d}.dcm"
+
+
 def write_datasets(datasets: Sequence[Dataset], out_dir: Path, *, prefix: str) -> list[Path]:
     """Write datasets as ``<prefix>_<InstanceNumber:04d>.dcm`` in ``out_dir``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return save_datasets(
-        [(ds, out_dir / f"{prefix}_{int(ds.InstanceNumber):04d}.dcm") for ds in datasets]
+        [(ds, instance_path(out_dir, prefix, int(ds.InstanceNumber))) for ds in datasets]
     )
