@@ -19,7 +19,10 @@ before the job is claimed: the modality holds its association open for a drawn t
 it releases it, and the kill falls in that time or just after the release), ``convert`` (a
 drawn fraction of the conversion's duration after the claim: the median, claim to first sCT
 stored, of the conversions earlier runs made after their restart, or of one unfaulted run when
-there is none yet), ``send`` (after a drawn number of sCT instances were stored) and ``prior``
+there is none yet), ``half_written`` (after a drawn number, at most a tenth, of the sCT
+instances were stored while the series was still being written: the sender drains what the
+writer has written so far; in stage only if the job was not yet marked written at the kill),
+``send`` (after a drawn number of sCT instances were stored) and ``prior``
 (a C-MOVE of a CT from Orthanc cut after a drawn number of instances). Two further faults,
 without a kill: ``pacs_status`` (a pynetdicom storage SCP stands in for the PACS and answers
 0xA700 or 0xC000 to the first attempt of a drawn 10-50 % of the instances) and ``catalog_lock``
@@ -77,7 +80,7 @@ from e2e.priors_support import QueryRetrievePacs, add_source, prior_series
 
 logger = logging.getLogger("faults")
 
-KILL_STAGES = ("receive", "settle", "convert", "send", "prior")
+KILL_STAGES = ("receive", "settle", "convert", "half_written", "send", "prior")
 OTHER_FAULTS = ("pacs_status", "catalog_lock", "pacs_down")
 STAGES = KILL_STAGES + OTHER_FAULTS
 
@@ -509,6 +512,34 @@ def run_send(matrix: Matrix, folder: Path, rng: random.Random, result: RunResult
         return _settle_outcome(result, matrix, daemon, pacs, mr)
 
 
+def run_half_written(
+    matrix: Matrix, folder: Path, rng: random.Random, result: RunResult
+) -> RunResult:
+    """Killed after a drawn number of sCT instances were stored while the series was still
+    being written (the sender sends each file as soon as the writer has written it)."""
+    mr = matrix.copy(folder)
+    n = len(mr)
+    k = rng.randint(1, max(1, n // 10))
+    result.moment = f"sCT instance {k}/{n} stored"
+    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+        catalog = daemon.catalog
+        _send_whole(daemon, mr)
+        if not _wait(
+            lambda: _send_counts(catalog).get("stored", 0) >= k, 300, daemon, "the k-th send"
+        ):
+            raise AssertionError(f"send {k} never stored:\n{daemon.log_text()[-4000:]}")
+        daemon.kill()
+        result.landed = _job_phase(catalog, mr.series_uid)
+        job = catalog.jobs(mr.series_uid)[-1]
+        if job["output_dir"] is not None:
+            result.outside("the series was written whole before the kill: a send fault")
+        else:
+            written = len(list((folder / "var").rglob(f"job{job['id']}/CT_*.dcm")))
+            result.landed += f", {written}/{n} sCT files written"
+        daemon.start()
+        return _settle_outcome(result, matrix, daemon, pacs, mr)
+
+
 def run_prior(matrix: Matrix, folder: Path, rng: random.Random, result: RunResult) -> RunResult:
     """Killed in the middle of the C-MOVE of a prior CT from Orthanc (the daemon's source)."""
     total = matrix.prior_slices
@@ -743,6 +774,7 @@ RUNNERS: dict[str, Runner] = {
     "receive": run_receive,
     "settle": run_settle,
     "convert": run_convert,
+    "half_written": run_half_written,
     "send": run_send,
     "prior": run_prior,
     "pacs_status": run_pacs_status,
