@@ -210,11 +210,15 @@ class Matrix:
         job = jobs[-1]
         if "convert" not in json.loads(job["timings"] or "{}"):
             return  # it sent an output converted before the kill
-        first = catalog.scalar(
-            "SELECT min(updated_at) FROM sends WHERE job_id = ? AND status = 'stored'",
-            (job["id"],),
-        )
         claimed = str(job["claimed_at"])
+        # sends stored before this claim (by the attempt a kill cut short) are not its own
+        first = catalog.scalar(
+            "SELECT min(updated_at) FROM sends"
+            " WHERE job_id = ? AND status = 'stored' AND updated_at >= ?",
+            (job["id"], claimed),
+        )
+        if first is None:
+            return
         self.convert_s.append(_seconds_between(claimed, str(first)))
         released = catalog.scalar(
             "SELECT association_released_at FROM series WHERE series_uid = ?", (series_uid,)

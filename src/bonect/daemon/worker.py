@@ -16,7 +16,10 @@ as the writer has it whole. The job stays ``running`` until the last file is wri
 flushed; a crash before that converts and writes again with the same UIDs, and sends only what
 was not stored (a conversion by another model, whose UIDs differ, replaces the plan:
 :meth:`~bonect.catalog.sends.SendLedger.plan_send_groups`). With ``[sender] transport =
-"dcmsend"`` the series is written whole first and sent in batches.
+"dcmsend"`` the series is written whole first and sent in batches. The job's stage timings
+say so: ``write`` includes the sending beside it, ``record`` the uncertainty object and the
+catalog's records, ``streamed send tail`` the wait for the senders after the last file, and
+``send`` what is sent after that (retries, the uncertainty object, dcmsend's batches).
 
 A job is claimed with a lease (``[catalog] lease_seconds``), renewed by a
 :class:`~bonect.daemon.lease.LeaseKeeper` while the worker holds it and once more before the
@@ -367,6 +370,7 @@ class Worker:
             raise
         feed.close()
         self.last_timings.add("write", started)
+        started = time.perf_counter()
         with storage_errors(f"job {job.id}: writing the uncertainty object to {out_dir}"):
             extra = self._write_uncertainty(job, conversion, written, out_dir, names, unsure)
         now = self.clock()
@@ -388,7 +392,13 @@ class Worker:
             label,
             "" if unsure is None else f"; {unsure.text()}",
         )
-        return job, {} if senders is None else senders.join()
+        self.last_timings.add("record", started)
+        if senders is None:
+            return job, {}
+        started = time.perf_counter()
+        streamed = senders.join()
+        self.last_timings.add("streamed send tail", started)
+        return job, streamed
 
     def _stream_senders(self, job: JobRecord, feed: FileFeed) -> SenderThreads[SendReport]:
         """A sender per destination with sends pending, each taking its files from ``feed``
