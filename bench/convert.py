@@ -1,6 +1,8 @@
 """Conversion: seconds per volume and peak RSS, against the bare model forward (the ceiling).
 
-Cases, each in its own child process (so its ``ru_maxrss`` is its own peak):
+Cases, each in its own child process, whose peak RSS is read from ``VmHWM`` in
+``/proc/self/status`` (the process's own memory map; ``ru_maxrss`` is not: a child that
+Python's subprocess starts by vfork + exec inherits the parent's peak in it):
 
 * ``classical``: the training-free map;
 * ``unet-1`` / ``unet-3``: the bundled Light_U-Net (``bonect.demo.bundled_model()``) in the axial
@@ -95,7 +97,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from bonect.converter.model_folder import load_model
     from bonect.converter.pipeline import Classical
 
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_mb = peak_rss_mb()
     device = torch.device("cpu")
     planes = PLANES.get(args.case, ())
     result: dict[str, Any] = {"case": args.case, "threads": torch.get_num_threads()}
@@ -137,9 +139,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         if args.case != "classical":
             result["slices"] = len(planes) * method.manifest.input_size  # type: ignore[union-attr]
         shutil.rmtree(out, ignore_errors=True)
-    result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result["baseline_mb"] = baseline_kb / 1024
+    result["maxrss_mb"] = peak_rss_mb()
+    result["baseline_mb"] = baseline_mb
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: ``VmHWM`` where Linux has it."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 # -- the parent ---------------------------------------------------------------------------------

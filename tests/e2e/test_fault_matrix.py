@@ -1,12 +1,12 @@
 """The fault matrix, short: one run per stage on the 57-slice phantom series.
 
 `bonect-daemon start` is killed (SIGKILL) at a seeded random moment of receive, settle, convert,
-send and prior retrieval, and started again; the PACS answers 0xA700 / 0xC000 to first
-attempts; another process locks the catalog mid-series; the PACS (Orthanc) goes down mid-send
-for a few seconds (``PACS_DOWN_S``; the long version's outage is 2 min) and comes back on the
-same port and storage. Each run must end with nothing lost, duplicated, missing or stuck at the
-PACS (:mod:`faults.matrix` counts, and says how). The long version is the same code by
-command: ``python tests/faults/run.py --runs 10 --slices 300``.
+the send of a half-written sCT series, send and prior retrieval, and started again; the PACS
+answers 0xA700 / 0xC000 to first attempts; another process locks the catalog mid-series; the
+PACS (Orthanc) goes down mid-send for a few seconds (``PACS_DOWN_S``; the long version's outage
+is 2 min) and comes back on the same port and storage. Each run must end with nothing lost,
+duplicated, missing or stuck at the PACS (:mod:`faults.matrix` counts, and says how). The long
+version is the same code by command: ``python tests/faults/run.py --runs 10 --slices 300``.
 
 The seed is drawn per session and printed with every run (``BONECT_FAULT_SEED=<seed>`` replays
 it). A kill whose outside poll was too slow for its stage (the stage ended between the poll
