@@ -10,7 +10,10 @@ bare model forward on the slices the conversion forwards (3 planes x model input
 model input size; see bench/convert.py), in a separate process after the daemon is stopped.
 Target: release -> last stored ≤ 1.5x the bare model time.
 
-    python bench/end_to_end.py [--quick] [--runs 3]
+``--transport dcmsend`` runs the daemon with ``[sender] transport = "dcmsend"`` (DCMTK
+``dcmsend`` processes fed what the writer has ready) instead of pynetdicom in its process.
+
+    python bench/end_to_end.py [--quick] [--runs 3] [--transport pynetdicom|dcmsend]
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ def _rows(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.R
         connection.close()
 
 
-def one_run(files: list[Path], model: Path, work: Path, timeout: float) -> dict[str, float]:
+def one_run(
+    files: list[Path], model: Path, work: Path, timeout: float, transport: str = "pynetdicom"
+) -> dict[str, float]:
     """Send the series, wait for its sCT at Orthanc; the stage seconds."""
     work.mkdir(parents=True)
     with Orthanc(work / "orthanc", allowed_aets=("BONECT",)) as pacs:
@@ -69,7 +74,10 @@ def one_run(files: list[Path], model: Path, work: Path, timeout: float) -> dict[
             work,
             port=port,
             pacs_port=pacs.dicom_port,
-            sections={"converter": {"model": str(model), "planes": PLANES, "device": "cpu"}},
+            sections={
+                "converter": {"model": str(model), "planes": PLANES, "device": "cpu"},
+                "sender": {"transport": transport},
+            },
         )
         daemon = start_daemon(config, port)
         db = work / "var" / "catalog.sqlite3"
@@ -118,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny series and model input")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=540.0, help="seconds per run")
+    parser.add_argument(
+        "--transport", choices=("pynetdicom", "dcmsend"), default="pynetdicom", help="[sender]"
+    )
     args = parser.parse_args(argv)
     from bonect.demo import bundled_model
 
@@ -133,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            for key, value in one_run(files, model, Path(tmp) / f"run{run}", args.timeout).items():
+            got_run = one_run(files, model, Path(tmp) / f"run{run}", args.timeout, args.transport)
+            for key, value in got_run.items():
                 stages.setdefault(key, Samples()).add(value)
             got: dict[str, Any] | None = run_child(
                 ["--child", "bare-3", "--model", str(model)], 600
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "",
             f"{spec.label} ({len(files)} instances) from DCMTK storescu into bonect-daemon "
-            "(bundled Light_U-Net, 3 planes, CPU), sCT to Orthanc. Median of "
+            f"(bundled Light_U-Net, 3 planes, CPU), sCT to Orthanc ({args.transport}). Median of "
             f"{args.runs} runs; 'x bare' = seconds / bare model seconds.",
             "",
             table(["stage", "s", "× bare", "min-max s"], rows),
@@ -172,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             f"release → last stored = {ratio:.2f} × bare: " + verdict(ratio, 1.5, at_least=False),
         ]
     )
-    publish("end_to_end" + ("-quick" if args.quick else ""), text)
+    suffix = ("-quick" if args.quick else "") + ("-dcmsend" if args.transport == "dcmsend" else "")
+    publish("end_to_end" + suffix, text)
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bonect.config import Destination
+from bonect.daemon import dcmsend
 from bonect.daemon.node import Node
 from bonect.phantom.cohort import WrittenPatient
 
@@ -86,3 +87,16 @@ def assert_no_patient_identity_logged(caplog: pytest.LogCaptureFixture, mr: list
         if record.levelno > logging.DEBUG:
             text = record.getMessage() + (record.exc_text or "")
             assert not any(s in text for s in secrets), text
+
+
+def count_dcmsend_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of files of each ``dcmsend`` process started."""
+    runs: list[int] = []
+    run = dcmsend.run_dcmsend
+
+    def counting(request: dcmsend.DcmsendRequest, paths: Sequence[Path]) -> dcmsend.DcmsendRun:
+        runs.append(len(paths))
+        return run(request, paths)
+
+    monkeypatch.setattr(dcmsend, "run_dcmsend", counting)
+    return runs

@@ -26,9 +26,18 @@ from bonect.daemon.node import Node
 from bonect.daemon.sender import DestinationNode, send_files
 from bonect.phantom.cohort import WrittenPatient
 from catalog.catalog_support import FakeClock
-from daemon.node_support import LOCALHOST, OpenNode, Pacs, assert_one_sct_series, mr_files
+from daemon.node_support import (
+    LOCALHOST,
+    OpenNode,
+    Pacs,
+    assert_one_sct_series,
+    count_dcmsend_runs,
+    mr_files,
+)
+from dicom_peers import have
 
 WAIT_S = 30.0  # only a failing test waits this long
+needs_dcmsend = pytest.mark.skipif(not have("dcmsend"), reason="DCMTK dcmsend is not installed")
 
 
 def _count_stores(pacs: Pacs, monkeypatch: pytest.MonkeyPatch) -> Callable[[int], bool]:
@@ -154,31 +163,35 @@ def test_a_writer_failing_half_way_keeps_what_was_stored_and_the_retry_sends_the
     assert {s.status for s in node.catalog.sends(job)} == {SendStatus.STORED}
 
 
-def test_with_dcmsend_the_series_is_sent_after_it_is_written(
+@needs_dcmsend
+def test_with_dcmsend_each_batch_the_writer_has_ready_is_sent_while_it_writes(
     open_node: OpenNode,
     pacs: Pacs,
     clock: FakeClock,
     phantom_written: WrittenPatient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """dcmsend takes files in batches: the worker writes the whole series, then sends it."""
+    """dcmsend takes files in batches: a process for what is written each time the previous
+    one ends, the first while the writer is held after its first file."""
     node = open_node([pacs.destination("pacs")], sender=SenderConfig(transport="dcmsend"))
-    calls: list[list[Path]] = []
+    wait_for = _count_stores(pacs, monkeypatch)
+    runs = count_dcmsend_runs(monkeypatch)
+    seen_while_writing: list[tuple[bool, JobState]] = []
 
-    def send_all(paths: list[Path], *args: Any, **kwargs: Any) -> Any:
-        assert all(p.is_file() for p in paths)  # every file written before the first send
-        calls.append(list(paths))
-        kwargs["transport"] = "pynetdicom"  # the test machine may lack DCMTK
-        return send_files(paths, *args, **kwargs)
+    def after_each(k: int, path: Path) -> None:
+        if k == 1:  # hold the writer until the PACS has its first file
+            (job,) = node.catalog.jobs()
+            seen_while_writing.append((wait_for(1), job.state))
 
-    streamed = _hook_writer(monkeypatch, lambda k, path: None)
-    monkeypatch.setattr(worker_module, "send_files", send_all)
+    streamed = _hook_writer(monkeypatch, after_each)
     mr = mr_files(phantom_written)
     _send_series(node, mr)
 
     assert node.step(clock.now()) is True
     (job,) = node.catalog.jobs()
     assert job.state is JobState.DONE, job.last_error
-    assert streamed == [False]
-    assert [len(c) for c in calls] == [len(mr)]
+    assert streamed == [True]
+    assert seen_while_writing == [(True, JobState.RUNNING)]
+    assert runs[0] == 1 and sum(runs) == len(mr)  # the first file alone, the rest after
     assert_one_sct_series(pacs, mr)
+    assert {s.status for s in node.catalog.sends(job)} == {SendStatus.STORED}

@@ -36,6 +36,7 @@ from bonect.daemon.sender import (
     SendTimeouts,
     UnsendableFileError,
     echo,
+    send_batches,
     send_files,
 )
 from bonect.phantom.cohort import WrittenPatient
@@ -46,6 +47,7 @@ from daemon.node_support import (
     Pacs,
     assert_no_patient_identity_logged,
     assert_one_sct_series,
+    count_dcmsend_runs,
 )
 from daemon.node_support import mr_files as mr_files_of
 from dicom_peers import OrthancServer, free_port, have
@@ -414,6 +416,49 @@ def test_dcmsend_a_syntax_the_destination_refuses_fails_that_file_only(tmp_path:
         None,
         "destination does not accept this SOP class / syntax",
     )
+
+
+@needs_dcmsend
+def test_dcmsend_batches_are_each_sent_as_they_come_and_reported_as_one_send(
+    fake_pacs: FakePacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = mr_files(tmp_path, 4)
+    uids = [uid_of(p) for p in paths]
+    fake_pacs.statuses = {uids[2]: 0xA700}
+    runs = count_dcmsend_runs(monkeypatch)
+    calls: list[Call] = []
+
+    report = send_batches(
+        iter([paths[:1], paths[1:]]),
+        node(fake_pacs.port),
+        calling_ae="BONECT",
+        timeouts=FAST,
+        on_result=lambda uid, status, error: calls.append((uid, status, error)),
+    )
+
+    assert runs == [1, 3]
+    assert report.stored == (uids[0], uids[1], uids[3]) and report.failed == (uids[2],)
+    assert calls == [
+        (uids[0], 0x0000, None),
+        (uids[1], 0x0000, None),
+        (uids[2], 0xA700, "status 0xA700"),
+        (uids[3], 0x0000, None),
+    ]
+    assert fake_pacs.associations == 2
+
+
+@needs_dcmsend
+def test_dcmsend_batches_after_a_failed_association_are_unknown_without_trying_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = mr_files(tmp_path, 3)
+    runs = count_dcmsend_runs(monkeypatch)
+    report = send_batches(
+        iter([paths[:1], paths[1:]]), node(free_port()), calling_ae="BONECT", timeouts=FAST
+    )
+    assert runs == [1]  # the destination is down: the second batch is not tried
+    assert report.unknown == tuple(uid_of(p) for p in paths)
+    assert {r.error for r in report.results} == {"association failed"}
 
 
 @needs_dcmsend

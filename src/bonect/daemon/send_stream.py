@@ -64,6 +64,19 @@ class FileFeed:
         """The paths of the feed that are in ``wanted``, as they come."""
         return (path for path in self if path in wanted)
 
+    def batches(self, wanted: frozenset[Path]) -> Iterator[list[Path]]:
+        """The paths of the feed that are in ``wanted``, each time as many as have come since
+        the last batch was taken (at least one), until the feed is closed."""
+        taken = 0
+        while True:
+            with self._changed:
+                self._changed.wait_for(partial(self._ready, taken))
+                new, taken = self._paths[taken:], len(self._paths)
+            if not new:
+                return
+            if batch := [path for path in new if path in wanted]:
+                yield batch
+
 
 class SenderThreads(Generic[Result]):
     """One thread per destination, each running its send function over a feed.

@@ -377,6 +377,40 @@ def send_stream(
     return SendReport(tuple(results))
 
 
+def send_batches(
+    batches: Iterable[Sequence[Path]],
+    destination: DestinationNode,
+    *,
+    calling_ae: str,
+    timeouts: SendTimeouts | None = None,
+    on_result: OnResult | None = None,
+    max_reassociations: int = 2,
+) -> SendReport:
+    """:func:`send_files` with ``transport="dcmsend"`` for files that are still being written:
+    a ``dcmsend`` process per batch, as ``batches`` yields them.
+
+    The batches are what the writer has ready each time the previous process ends, so the
+    sending runs beside the writing in another process. Once ``dcmsend`` could not send at all
+    (no association), the later batches are reported ``UNKNOWN`` with the same reason, without
+    trying again; ``max_reassociations`` counts the re-runs of all batches together.
+    """
+    timeouts = timeouts or SendTimeouts()
+    results, finish = _collector(on_result)
+    failure: str | None = None
+    left = max_reassociations
+    try:
+        for batch in batches:
+            files = [_read_header(Path(p)) for p in batch]
+            if failure is not None:
+                for f in files:
+                    finish(f, SendOutcome.UNKNOWN, None, failure)
+                continue
+            failure, left = _send_dcmsend(files, destination, calling_ae, timeouts, finish, left)
+    finally:
+        _log_summary(results, destination)
+    return SendReport(tuple(results))
+
+
 _Finish = Callable[[_File, SendOutcome, int | None, str | None], None]
 
 
@@ -466,9 +500,13 @@ def _send_dcmsend(
     timeouts: SendTimeouts,
     finish: _Finish,
     max_reassociations: int,
-) -> None:
+) -> tuple[str | None, int]:
     """One ``dcmsend`` process per batch; the instances it could not send go again in a new
-    process (a new association), at most ``max_reassociations`` times in all."""
+    process (a new association), at most ``max_reassociations`` times in all.
+
+    Returns why ``dcmsend`` could not send at all (e.g. no association), if so, and how many
+    new processes are left of ``max_reassociations``.
+    """
     request = dcmsend.DcmsendRequest(
         host=destination.host,
         port=destination.port,
@@ -489,7 +527,7 @@ def _send_dcmsend(
                     logger.warning("%s: %s at %s:%d", run.failure, *_where(destination))
                     for f in pending:
                         finish(f, SendOutcome.UNKNOWN, None, run.failure)
-                    break
+                    return run.failure, max_reassociations - reassociations
                 pending = _finish_dcmsend_run(pending, run, finish)
                 if pending:
                     if reassociations >= max_reassociations:
@@ -502,6 +540,7 @@ def _send_dcmsend(
                         len(pending),
                         destination.ae_title,
                     )
+    return None, max_reassociations - reassociations
 
 
 def _finish_dcmsend_run(

@@ -12,14 +12,14 @@ resumed after a crash sends exactly what is still pending.
 The sCT is sent while it is written: its UIDs and file names are known before the first file
 exists (:func:`~bonect.converter.dicom_writer.planned_sct_instances`), so the sends are planned
 first, and a thread per destination (:mod:`bonect.daemon.send_stream`) sends each file as soon
-as the writer has it whole. The job stays ``running`` until the last file is written and
-flushed; a crash before that converts and writes again with the same UIDs, and sends only what
-was not stored (a conversion by another model, whose UIDs differ, replaces the plan:
-:meth:`~bonect.catalog.sends.SendLedger.plan_send_groups`). With ``[sender] transport =
-"dcmsend"`` the series is written whole first and sent in batches. The job's stage timings
-say so: ``write`` includes the sending beside it, ``record`` the uncertainty object and the
-catalog's records, ``streamed send tail`` the wait for the senders after the last file, and
-``send`` what is sent after that (retries, the uncertainty object, dcmsend's batches).
+as the writer has it whole (with ``[sender] transport = "dcmsend"``: a ``dcmsend`` process for
+what the writer has ready each time the previous one ends). The job stays ``running`` until the
+last file is written and flushed; a crash before that converts and writes again with the same
+UIDs, and sends only what was not stored (a conversion by another model, whose UIDs differ,
+replaces the plan: :meth:`~bonect.catalog.sends.SendLedger.plan_send_groups`). The job's stage
+timings say so: ``write`` includes the sending beside it, ``record`` the uncertainty object and
+the catalog's records, ``streamed send tail`` the wait for the senders after the last file, and
+``send`` what is sent after that (retries, the uncertainty object).
 
 A job is claimed with a lease (``[catalog] lease_seconds``), renewed by a
 :class:`~bonect.daemon.lease.LeaseKeeper` while the worker holds it and once more before the
@@ -88,6 +88,7 @@ from bonect.daemon.sender import (
     SendOutcome,
     SendReport,
     SendTimeouts,
+    send_batches,
     send_files,
     send_stream,
 )
@@ -340,8 +341,9 @@ class Worker:
             generation=job.generation,
         )  # fmt: skip
         # the sends are planned before the first file exists; a destination is sent each file
-        # as soon as it is written (pynetdicom), or the whole series after (dcmsend)
-        streaming = self.settings.transport == "pynetdicom" and bool(names)
+        # as soon as it is written (pynetdicom), or what is written each time the previous
+        # dcmsend process ends
+        streaming = bool(names)
         if streaming:
             self.catalog.plan_send_groups(job, [(planned, names)], now=self.clock(), replace=True)
         feed = FileFeed()
@@ -414,6 +416,14 @@ class Worker:
     def _send_as_written(
         self, job: JobRecord, route: Route, wanted: frozenset[Path], feed: FileFeed
     ) -> SendReport:
+        if self.settings.transport == "dcmsend":
+            return send_batches(
+                feed.batches(wanted),
+                route.node,
+                calling_ae=self.settings.calling_ae,
+                timeouts=self.settings.timeouts,
+                on_result=self._send_recorder(job, route.name),
+            )
         return send_stream(
             feed.only(wanted),
             route.node,
