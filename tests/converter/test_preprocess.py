@@ -95,6 +95,30 @@ def test_cube_of_a_volume_on_the_cube_grid_is_exact() -> None:
     assert np.array_equal(from_cube(x, cube, on_cube, cval=-1000.0), x)
 
 
+@pytest.mark.parametrize("plane", PLANES)
+def test_the_cube_encloses_exactly_the_corners_of_the_masks_extent(plane: str) -> None:
+    """The cube is built from the first and last index of the mask on each axis: the same as
+    from every True voxel's index (np.argwhere), for scattered masks, a single voxel and none."""
+    mr = grid(plane, (20, 24, 28), (4.0, 3.0, 2.5))
+    rng = np.random.default_rng(7)
+    single = np.zeros(mr.shape, dtype=bool)
+    single[3, 20, 5] = True
+    for mask in (rng.random(mr.shape) > 0.999, single, np.zeros(mr.shape, dtype=bool)):
+        idx = np.argwhere(mask if mask.any() else np.ones(mr.shape, dtype=bool))
+        ends = [(idx[:, a].min(), idx[:, a].max()) for a in range(3)]
+        corners = np.array([[a, b, c] for a in ends[0] for b in ends[1] for c in ends[2]])
+        cube = model_cube(mr, mask, 16)
+        # every corner of the extent lies inside the cube, the margin (6 mm) from its faces
+        inside = np.linalg.solve(
+            cube.affine, np.c_[mr.index_to_patient(corners.astype(np.float64)), np.ones(8)].T
+        )[:3].T
+        lo, hi = inside.min(axis=0), inside.max(axis=0)
+        margin = 6.0 / cube.spacing_mm
+        assert np.all(lo >= margin - 0.5 - 1e-9) and np.all(hi <= 16 - 0.5 - margin + 1e-9)
+        # and the longest side of the extent touches both margins
+        assert np.isclose(np.max(hi - lo), 16 - 2 * margin, atol=1e-9)
+
+
 def test_anisotropic_sagittal_volume_goes_to_the_cube_and_back_smoothly() -> None:
     """A smooth image survives the trilinear resampling both ways with a small error.
 
