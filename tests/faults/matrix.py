@@ -144,10 +144,16 @@ class Matrix:
     deadline_s: float = 180.0  # after the restart: later than this, a job is stuck
     pacs_down_s: float = 120.0  # the pacs_down stage: how long the PACS stays down
     keep: bool = False  # keep each run's folder (logs, catalog, Orthanc)
+    transport: str = "pynetdicom"  # [sender] transport of the daemon under test
     # seen in the unfaulted conversions of earlier runs (each run's last job, converted in one
     # go after the restart): claim to first sCT stored, and association release to claim
     convert_s: list[float] = field(default_factory=list)
     settle_s: list[float] = field(default_factory=list)
+
+    @property
+    def sections(self) -> dict[str, dict[str, object]]:
+        """The daemon's config sections for this matrix."""
+        return {**SECTIONS, "sender": {**SECTIONS["sender"], "transport": self.transport}}
 
     def rng(self, stage: str, run: int) -> random.Random:
         return random.Random(f"{self.seed}:{stage}:{run}")
@@ -194,7 +200,7 @@ class Matrix:
         folder = self.work / f"calibration-{len(self.convert_s)}"
         folder.mkdir(parents=True)
         mr = self.copy(folder)
-        with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+        with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, self.sections) as daemon:
             _send_whole(daemon, mr)
             _settle_outcome(RunResult("calibration", 0, self.seed, "", ""), self, daemon, pacs, mr)
         if not self.convert_s:
@@ -242,9 +248,15 @@ def _pacs(folder: Path) -> Iterator[OrthancServer]:
 
 
 @contextmanager
-def _daemon(folder: Path, pacs_port: int, *, start: bool = True) -> Iterator[Daemon]:
+def _daemon(
+    folder: Path,
+    pacs_port: int,
+    sections: dict[str, dict[str, object]],
+    *,
+    start: bool = True,
+) -> Iterator[Daemon]:
     daemon = Daemon(folder=folder, port=free_port(), pacs_port=pacs_port)
-    daemon.write_config(SECTIONS)
+    daemon.write_config(sections)
     try:
         yield daemon.start() if start else daemon
     finally:
@@ -359,7 +371,7 @@ def run_receive(matrix: Matrix, folder: Path, rng: random.Random, result: RunRes
     n = len(mr)
     k = rng.randint(1, max(1, int(0.9 * n)))
     result.moment = f"instance {k}/{n}"
-    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         passes = max(1, 200 // n)  # a short series over and over: still sending at the kill
         sending = _storescu_verbose(daemon.port, list(mr.files) * passes)
         catalog = daemon.catalog
@@ -446,7 +458,7 @@ def run_settle(matrix: Matrix, folder: Path, rng: random.Random, result: RunResu
     hold = rng.uniform(0.3, 2.0)  # the modality's association stays open this long
     at = rng.uniform(0.0, hold + matrix.settle_window())  # then release to claim
     result.moment = f"+{at:.2f} s after the last instance (association held {hold:.2f} s)"
-    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         sent, out = threading.Event(), dict[str, Any]()
         modality = threading.Thread(
             target=_hold_association, args=(daemon.port, mr.files, hold, sent, out), daemon=True
@@ -478,7 +490,7 @@ def run_convert(matrix: Matrix, folder: Path, rng: random.Random, result: RunRes
     window = matrix.convert_window()
     at = fraction * window
     result.moment = f"+{at:.2f} s after the claim ({fraction:.0%} of {window:.2f} s)"
-    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         catalog = daemon.catalog
         sending = storescu_background(daemon.port, list(mr.files))
         if not _wait(
@@ -501,7 +513,7 @@ def run_send(matrix: Matrix, folder: Path, rng: random.Random, result: RunResult
     n = len(mr)
     k = rng.randint(1, max(1, int(0.8 * n)))
     result.moment = f"sCT instance {k}/{n} stored"
-    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         catalog = daemon.catalog
         _send_whole(daemon, mr)
         if not _wait(
@@ -525,7 +537,7 @@ def run_half_written(
     n = len(mr)
     k = rng.randint(1, max(1, n // 10))
     result.moment = f"sCT instance {k}/{n} stored"
-    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         catalog = daemon.catalog
         _send_whole(daemon, mr)
         if not _wait(
@@ -572,7 +584,7 @@ def run_prior(matrix: Matrix, folder: Path, rng: random.Random, result: RunResul
     )
     mr = Series(tuple(mr_files), mr_uid)
     pacs_port = free_port()
-    with _daemon(folder, pacs_port, start=False) as daemon:
+    with _daemon(folder, pacs_port, matrix.sections, start=False) as daemon:
         pacs = QueryRetrievePacs(folder / "orthanc", dicom_port=pacs_port, bonect_port=daemon.port)
         with pacs:
             pacs.upload(ct)
@@ -680,7 +692,7 @@ def run_pacs_status(
         f"{len(plan)}/{n} refused once "
         f"({statuses.count(0xA700)} x A700, {statuses.count(0xC000)} x C000)"
     )
-    with RefusingPacs(plan) as pacs, _daemon(folder, pacs.port) as daemon:
+    with RefusingPacs(plan) as pacs, _daemon(folder, pacs.port, matrix.sections) as daemon:
         _send_whole(daemon, mr)
         catalog = daemon.catalog
 
@@ -714,7 +726,7 @@ def run_catalog_lock(
     k = rng.randint(1, max(1, int(0.8 * n)))
     hold = rng.uniform(2.0, 6.0)
     result.moment = f"locked at instance {k}/{n} for {hold:.1f} s"
-    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port) as daemon:
+    with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         catalog = daemon.catalog
         sending = storescu_background(daemon.port, list(mr.files))
         if not _wait(lambda: catalog.instance_count() >= k, 300, daemon, "the k-th instance"):
@@ -745,7 +757,7 @@ def run_pacs_down(matrix: Matrix, folder: Path, rng: random.Random, result: RunR
     down = matrix.pacs_down_s
     when = f"sCT instance {k}/{n} stored" if k else "the job claimed (sCT not ready)"
     result.moment = f"down {down:.0f} s from {when}"
-    with _pacs(folder) as first, _daemon(folder, first.dicom_port) as daemon:
+    with _pacs(folder) as first, _daemon(folder, first.dicom_port, matrix.sections) as daemon:
         catalog = daemon.catalog
         _send_whole(daemon, mr)
         if k:

@@ -76,6 +76,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     parser.add_argument("--keep", action="store_true", help="keep every run's folder")
     parser.add_argument(
+        "--transport",
+        choices=("pynetdicom", "dcmsend"),
+        default="pynetdicom",
+        help="[sender] transport of the daemon under test",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=None,
@@ -106,8 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         deadline_s=args.deadline,
         pacs_down_s=args.pacs_down,
         keep=args.keep,
+        transport=args.transport,
     )
-    print(f"seed {seed}, {len(mr)} MR slices, work folder {work}", flush=True)
+    print(
+        f"seed {seed}, {len(mr)} MR slices, {args.transport} transport, work folder {work}",
+        flush=True,
+    )
     started = time.monotonic()
     results: list[RunResult] = []
     for run in range(args.first, args.first + args.runs):  # stages interleaved: load from
@@ -127,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Python {platform.python_version()}",
             f"- command: {' '.join(sys.argv)}",
             f"- seed {seed}; {len(mr)} MR slices; prior CT {matrix.prior_slices} slices; "
+            f"{args.transport} transport; "
             f"kill stages {', '.join(s for s in args.stages if s in KILL_STAGES)}; "
             f"wall time {time.monotonic() - started:.0f} s"
             + (
