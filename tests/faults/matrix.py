@@ -507,6 +507,15 @@ def run_convert(matrix: Matrix, folder: Path, rng: random.Random, result: RunRes
         return _settle_outcome(result, matrix, daemon, pacs, mr)
 
 
+def _kill_after_stored(daemon: Daemon, mr: Series, k: int) -> None:
+    """Send the series and SIGKILL the daemon once k of its sCT instances are stored."""
+    catalog = daemon.catalog
+    _send_whole(daemon, mr)
+    if not _wait(lambda: _send_counts(catalog).get("stored", 0) >= k, 300, daemon, "the k-th send"):
+        raise AssertionError(f"send {k} never stored:\n{daemon.log_text()[-4000:]}")
+    daemon.kill()
+
+
 def run_send(matrix: Matrix, folder: Path, rng: random.Random, result: RunResult) -> RunResult:
     """Killed after a drawn number of sCT instances were stored at the PACS."""
     mr = matrix.copy(folder)
@@ -515,12 +524,7 @@ def run_send(matrix: Matrix, folder: Path, rng: random.Random, result: RunResult
     result.moment = f"sCT instance {k}/{n} stored"
     with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         catalog = daemon.catalog
-        _send_whole(daemon, mr)
-        if not _wait(
-            lambda: _send_counts(catalog).get("stored", 0) >= k, 300, daemon, "the k-th send"
-        ):
-            raise AssertionError(f"send {k} never stored:\n{daemon.log_text()[-4000:]}")
-        daemon.kill()
+        _kill_after_stored(daemon, mr, k)
         result.landed = _job_phase(catalog, mr.series_uid)
         if _send_counts(catalog).get("stored", 0) >= n:
             result.outside("every instance was stored before the kill: not a send fault")
@@ -539,12 +543,7 @@ def run_half_written(
     result.moment = f"sCT instance {k}/{n} stored"
     with _pacs(folder) as pacs, _daemon(folder, pacs.dicom_port, matrix.sections) as daemon:
         catalog = daemon.catalog
-        _send_whole(daemon, mr)
-        if not _wait(
-            lambda: _send_counts(catalog).get("stored", 0) >= k, 300, daemon, "the k-th send"
-        ):
-            raise AssertionError(f"send {k} never stored:\n{daemon.log_text()[-4000:]}")
-        daemon.kill()
+        _kill_after_stored(daemon, mr, k)
         result.landed = _job_phase(catalog, mr.series_uid)
         job = catalog.jobs(mr.series_uid)[-1]
         if job["output_dir"] is not None:
