@@ -19,6 +19,7 @@ import pytest
 from pynetdicom.events import Event
 
 from bonect.catalog.jobs import JobState
+from bonect.catalog.records import JobRecord
 from bonect.catalog.tables import SendStatus
 from bonect.config import SenderConfig
 from bonect.daemon import worker as worker_module
@@ -93,6 +94,27 @@ def _send_series(node: Node, mr: list[Path]) -> None:
     assert node.wake.wait(timeout=WAIT_S)  # the release was recorded
 
 
+def _convert_holding_the_writer(
+    node: Node, pacs: Pacs, clock: FakeClock, mr: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> tuple[JobRecord, list[bool], list[tuple[bool, JobState]]]:
+    """Send ``mr`` to the node and run its job with the writer held after its first file until
+    the PACS has that file; the job after the step, whether each write streamed, and (did the
+    PACS get file 1, the job's state) as seen while the writer was held."""
+    wait_for = _count_stores(pacs, monkeypatch)
+    seen_while_writing: list[tuple[bool, JobState]] = []
+
+    def after_each(k: int, path: Path) -> None:
+        if k == 1:
+            (job,) = node.catalog.jobs()
+            seen_while_writing.append((wait_for(1), job.state))
+
+    streamed = _hook_writer(monkeypatch, after_each)
+    _send_series(node, mr)
+    assert node.step(clock.now()) is True
+    (job,) = node.catalog.jobs()
+    return job, streamed, seen_while_writing
+
+
 def test_the_pacs_has_the_first_instance_before_the_last_is_written(
     node: Node,
     pacs: Pacs,
@@ -101,19 +123,10 @@ def test_the_pacs_has_the_first_instance_before_the_last_is_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     mr = mr_files(phantom_written)
-    wait_for = _count_stores(pacs, monkeypatch)
-    seen_while_writing: list[tuple[bool, JobState]] = []
+    job, streamed, seen_while_writing = _convert_holding_the_writer(
+        node, pacs, clock, mr, monkeypatch
+    )
 
-    def after_each(k: int, path: Path) -> None:
-        if k == 1:  # hold the writer until the PACS has its first file
-            (job,) = node.catalog.jobs()
-            seen_while_writing.append((wait_for(1), job.state))
-
-    streamed = _hook_writer(monkeypatch, after_each)
-    _send_series(node, mr)
-
-    assert node.step(clock.now()) is True
-    (job,) = node.catalog.jobs()
     assert job.state is JobState.DONE, job.last_error
     assert streamed == [True]
     # the PACS stored instance 1 while the other instances were not yet written, and the job
@@ -174,21 +187,12 @@ def test_with_dcmsend_each_batch_the_writer_has_ready_is_sent_while_it_writes(
     """dcmsend takes files in batches: a process for what is written each time the previous
     one ends, the first while the writer is held after its first file."""
     node = open_node([pacs.destination("pacs")], sender=SenderConfig(transport="dcmsend"))
-    wait_for = _count_stores(pacs, monkeypatch)
     runs = count_dcmsend_runs(monkeypatch)
-    seen_while_writing: list[tuple[bool, JobState]] = []
-
-    def after_each(k: int, path: Path) -> None:
-        if k == 1:  # hold the writer until the PACS has its first file
-            (job,) = node.catalog.jobs()
-            seen_while_writing.append((wait_for(1), job.state))
-
-    streamed = _hook_writer(monkeypatch, after_each)
     mr = mr_files(phantom_written)
-    _send_series(node, mr)
+    job, streamed, seen_while_writing = _convert_holding_the_writer(
+        node, pacs, clock, mr, monkeypatch
+    )
 
-    assert node.step(clock.now()) is True
-    (job,) = node.catalog.jobs()
     assert job.state is JobState.DONE, job.last_error
     assert streamed == [True]
     assert seen_while_writing == [(True, JobState.RUNNING)]

@@ -368,7 +368,6 @@ def write_synthetic_ct(
         paths = write_datasets(datasets, out_dir, prefix=_PREFIX)
     else:
         datasets = []
-        out_dir.mkdir(parents=True, exist_ok=True)
 
         def saved(ds: Dataset, path: Path) -> None:
             datasets.append(ds)

@@ -343,11 +343,9 @@ class Worker:
         # the sends are planned before the first file exists; a destination is sent each file
         # as soon as it is written (pynetdicom), or what is written each time the previous
         # dcmsend process ends
-        streaming = bool(names)
-        if streaming:
-            self.catalog.plan_send_groups(job, [(planned, names)], now=self.clock(), replace=True)
+        self.catalog.plan_send_groups(job, [(planned, names)], now=self.clock(), replace=True)
         feed = FileFeed()
-        senders = self._stream_senders(job, feed) if streaming else None
+        senders = self._stream_senders(job, feed)
         try:
             with storage_errors(f"job {job.id}: writing the sCT to {out_dir}"):
                 if out_dir.exists():
@@ -363,12 +361,11 @@ class Worker:
                     generation=job.generation,
                     replaces=max(replaced, default=None),
                     uncertainty_summary=None if unsure is None else unsure.text(),
-                    on_written=feed.put if streaming else None,
+                    on_written=feed.put,
                 )
         except BaseException:
             feed.close()
-            if senders is not None:
-                senders.wait()  # what was written and sent stays recorded
+            senders.wait()  # what was written and sent stays recorded
             raise
         feed.close()
         self.last_timings.add("write", started)
@@ -376,8 +373,7 @@ class Worker:
         with storage_errors(f"job {job.id}: writing the uncertainty object to {out_dir}"):
             extra = self._write_uncertainty(job, conversion, written, out_dir, names, unsure)
         now = self.clock()
-        groups = extra if streaming else [(planned, names), *extra]
-        self.catalog.plan_send_groups(job, groups, now=now, replace=not streaming)
+        self.catalog.plan_send_groups(job, extra, now=now)
         job = self.catalog.mark_converted(
             job,
             output_dir=out_dir,
@@ -395,8 +391,6 @@ class Worker:
             "" if unsure is None else f"; {unsure.text()}",
         )
         self.last_timings.add("record", started)
-        if senders is None:
-            return job, {}
         started = time.perf_counter()
         streamed = senders.join()
         self.last_timings.add("streamed send tail", started)

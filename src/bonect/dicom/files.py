@@ -127,8 +127,11 @@ def save_each(
         The paths, in the order given.
     """
     paths: list[Path] = []
+    folders: dict[Path, None] = {}  # each made once, and fsync'd at the end
     for ds, path in items:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folders[path.parent] = None
         tmp = _tmp_name(path)
         try:
             with tmp.open("wb") as fh:
@@ -141,7 +144,7 @@ def save_each(
         paths.append(path)
         on_saved(ds, path)
     _flush(list(dict.fromkeys(paths)))
-    for folder in dict.fromkeys(path.parent for path in paths):
+    for folder in folders:
         fsync_dir(folder)
     return paths
 
