@@ -97,10 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument(
         "--family",
-        choices=("classic", "wide", "shifted"),
+        choices=("classic", "wide", "randomised", "shifted"),
         default="classic",
         help="classic: one template, fixed contrasts; wide: scanners, anatomy, pathology and "
-        "acquisitions randomised; shifted: ranges disjoint from wide "
+        "acquisitions randomised; randomised: wide, half the patients in a random contrast; "
+        "shifted: ranges disjoint from wide "
         "(src/bonect/phantom/README.md)",
     )
     phantom.add_argument(
@@ -158,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "detector of voxels wrong by more than 200 HU. Writes quality.json, quality.md and a "
         "Figure-1 picture per patient.",
     )
-    quality.add_argument("--family", choices=("classic", "wide", "shifted"), default="shifted")
+    quality.add_argument(
+        "--family", choices=("classic", "wide", "randomised", "shifted"), default="shifted"
+    )
     quality.add_argument("--patients", type=positive_int, default=8)
     add_precision_option(quality)
     quality.add_argument("--seed", type=int, default=4242, help="cohort seed (4242)")

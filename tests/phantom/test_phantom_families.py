@@ -21,6 +21,7 @@ from bonect.phantom.shapes import Tissue
 from bonect.phantom.variation import (
     AGE_GROUPS,
     FAMILIES,
+    RANDOM_CONTRAST,
     draw_acquisition,
     draw_appearance,
     draw_family_patient,
@@ -49,7 +50,7 @@ def test_wide_and_shifted_are_disjoint_in_contrast_resolution_and_pathology() ->
     assert "craniotomy" in shifted.pathologies and "craniotomy" not in wide.pathologies
 
 
-@pytest.mark.parametrize("family", ["wide", "shifted"])
+@pytest.mark.parametrize("family", ["wide", "randomised", "shifted"])
 def test_every_draw_lies_within_its_family(family: str) -> None:
     ranges = FAMILIES[family]  # type: ignore[index]
     techniques, groups = set(), set()
@@ -84,6 +85,47 @@ def test_every_draw_lies_within_its_family(family: str) -> None:
         assert set(drawn.fillings).isdisjoint(params.missing_teeth)
     assert techniques == set(ranges.techniques)
     assert groups == set(ranges.ages)  # 80 patients meet every age group
+
+
+def test_randomised_renders_half_its_patients_in_a_random_contrast_and_the_rest_as_wide() -> None:
+    r = RANDOM_CONTRAST
+    random = 0
+    for seed in SEEDS:
+        technique = draw_technique(seed, "randomised")
+        assert technique == draw_technique(seed, "wide")
+        assert draw_family_patient(seed, "randomised") == draw_family_patient(seed, "wide")
+        assert draw_acquisition(seed, "randomised") == draw_acquisition(seed, "wide")
+        look = draw_appearance(seed, "randomised", technique)
+        wide = draw_appearance(seed, "wide", technique)
+        if look == wide:
+            continue
+        random += 1
+        # same scanner otherwise; every tissue but the dark ones drawn anew, bone still
+        # darkening with density along the family's curve exponent
+        assert replace(look, tissue=wide.tissue, cortical=wide.cortical,
+                       cancellous=wide.cancellous) == wide  # fmt: skip
+        for tissue in (Tissue.TEETH, Tissue.METAL, Tissue.SOFT):
+            assert look.tissue[tissue] == wide.tissue[tissue]
+        others = [v for t, v in look.tissue.items() if t not in (Tissue.TEETH, Tissue.METAL,
+                                                                  Tissue.SOFT)]  # fmt: skip
+        assert all(_inside(v, r.tissue) for v in others)
+        assert _inside(look.cortical.at_zero, r.cortical)
+        assert _inside(look.cancellous.at_zero, r.cancellous)
+        for curve, before in ((look.cortical, wide.cortical), (look.cancellous, wide.cancellous)):
+            assert _inside(curve.at_one / curve.at_zero, r.densest_share)
+            assert curve.gamma == before.gamma
+    assert 0.35 * len(SEEDS) <= random <= 0.65 * len(SEEDS)
+
+
+def test_a_random_contrast_can_make_cortex_brighter_than_fat_and_brain() -> None:
+    """What a technique table never does, and PETRA does: the point of the family."""
+    brighter = 0
+    for seed in SEEDS:
+        technique = draw_technique(seed, "randomised")
+        look = draw_appearance(seed, "randomised", technique)
+        cortex = look.cortical.at_zero
+        brighter += cortex > look.tissue[Tissue.FAT] and cortex > look.tissue[Tissue.BRAIN]
+    assert brighter >= 3
 
 
 def test_the_classic_family_is_the_original_phantom() -> None:

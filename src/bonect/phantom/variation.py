@@ -3,9 +3,13 @@
 ``classic`` is the original phantom (one template scaled, three fixed contrast tables, ±6°);
 it stays as it was, so the demo and the tests keep their cohorts. ``wide`` randomises what real
 data varies in, so that a model trained on it has to learn bone rather than one phantom;
-``shifted`` draws from ranges disjoint from ``wide`` in three ways (an unseen contrast family
-with a steeper bone curve, unseen resolutions, unseen pathology) to test a model on what it
-never trained on. The ranges are in :data:`FAMILIES` and in ``README.md`` beside this file.
+``randomised`` is ``wide`` with half the patients rendered in a random contrast (every
+tissue's signal and the bone curves' levels drawn at random, as SynthSeg trains on random
+contrasts), so that a model must find bone by its shape and its contrast to its neighbours,
+not by one technique's grey values; ``shifted`` draws from ranges disjoint from ``wide`` in
+three ways (an unseen contrast family with a steeper bone curve, unseen resolutions, unseen
+pathology) to test a model on what it never trained on. The ranges are in :data:`FAMILIES`
+and in ``README.md`` beside this file.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from bonect.phantom.contrast import MR_BONE, MR_SIGNAL, BoneCurve, MrAppearance,
 from bonect.phantom.pathology import Pathology
 from bonect.phantom.shapes import Tissue
 
-Family = Literal["classic", "wide", "shifted"]
-FAMILY_NAMES: tuple[Family, ...] = ("classic", "wide", "shifted")
+Family = Literal["classic", "wide", "randomised", "shifted"]
+FAMILY_NAMES: tuple[Family, ...] = ("classic", "wide", "randomised", "shifted")
 Technique = Literal["zte", "ute", "gre", "petra"]
 AgeGroup = Literal["neonate", "child", "adult", "elderly"]
 Range = tuple[float, float]
@@ -79,6 +83,7 @@ class FamilyRanges:
     ringing_probability: float = 0.3
     motion_probability: float = 0.25
     orientations: tuple[Orientation, ...] = ("axial", "sagittal", "coronal")
+    random_contrast: float = 0.0  # share of patients in a random contrast (see RANDOM_CONTRAST)
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -106,6 +111,24 @@ FAMILIES: dict[Family, FamilyRanges] = {
         pathology_probability=0.6,
     ),
 }
+
+FAMILIES["randomised"] = replace(FAMILIES["wide"], random_contrast=0.5)
+
+
+@dataclass(frozen=True)
+class RandomContrast:
+    """The ranges of a random contrast (uniform, relative to soft tissue = 1). Air, teeth and
+    metal stay dark as in every bone-MR technique, and bone still darkens as it densifies (the
+    densest bone's signal a share of the least dense's); the curve's exponent stays the
+    family's, so the shifted family's steeper curve remains unseen."""
+
+    tissue: Range = (0.15, 1.6)
+    cortical: Range = (0.15, 1.1)  # the least dense cortical bone's signal
+    cancellous: Range = (0.3, 1.3)
+    densest_share: Range = (0.2, 0.95)
+
+
+RANDOM_CONTRAST = RandomContrast()
 
 # Base signal tables of the techniques; PETRA is only in the shifted family.
 PETRA_SIGNAL: dict[Tissue, float] = {
@@ -245,6 +268,8 @@ def draw_appearance(seed: int, family: Family, technique: Technique) -> MrAppear
             ratio = float(np.clip((a - b) / a * np.exp(rng.normal(0.0, 0.15)), 0.05, 0.9))
         curves.append(BoneCurve(at_zero, at_zero * ratio, _uniform(rng, ranges.bone_gamma)))
     motion = bool(rng.random() < ranges.motion_probability)
+    if ranges.random_contrast > 0:
+        tissue, curves = _random_contrast(seed, ranges, tissue, curves)
     return MrAppearance(
         technique=technique,
         tissue=tissue,
@@ -259,6 +284,29 @@ def draw_appearance(seed: int, family: Family, technique: Technique) -> MrAppear
         motion_mm=_uniform(rng, (1.0, 5.0)) if motion else 0.0,
         phase_axis=int(rng.integers(1, 3)),
     )
+
+
+def _random_contrast(
+    seed: int,
+    ranges: FamilyRanges,
+    tissue: dict[Tissue, float],
+    curves: list[BoneCurve],
+) -> tuple[dict[Tissue, float], list[BoneCurve]]:
+    """With probability ``ranges.random_contrast``, every soft tissue's signal and the bone
+    curves' levels drawn from :data:`RANDOM_CONTRAST` (a stream of its own, so the patients
+    rendered in their technique's contrast are those of ``wide``)."""
+    rng = np.random.default_rng([seed, 17])
+    if rng.random() >= ranges.random_contrast:
+        return tissue, curves
+    r = RANDOM_CONTRAST
+    dark = (Tissue.TEETH, Tissue.METAL)
+    drawn = {t: (v if t in dark else _uniform(rng, r.tissue)) for t, v in tissue.items()}
+    drawn[Tissue.SOFT] = 1.0
+    bone = []
+    for curve, level in zip(curves, (r.cortical, r.cancellous), strict=True):
+        at_zero = _uniform(rng, level)
+        bone.append(BoneCurve(at_zero, at_zero * _uniform(rng, r.densest_share), curve.gamma))
+    return drawn, bone
 
 
 def draw_gain(seed: int, family: Family) -> float:
@@ -312,10 +360,19 @@ def ranges_table() -> str:
         ("receiver gain (log-uniform)", lambda f: r(f.gain)),
         ("Gibbs ringing / motion ghosts", lambda f: f"{f.ringing_probability:.0%} / "
          f"{f.motion_probability:.0%}"),
+        ("patients in a random contrast", lambda f: f"{f.random_contrast:.0%}"),
     ]  # fmt: skip
-    lines = ["| | wide (training) | shifted (never trained on) |", "|---|---|---|"]
+    columns: tuple[Family, ...] = ("wide", "randomised", "shifted")
+    lines = ["| | wide (training) | randomised (training) | shifted (never trained on) |",
+             "|---|---|---|---|"]  # fmt: skip
     for name, cell in rows:
-        lines.append(f"| {name} | {cell(FAMILIES['wide'])} | {cell(FAMILIES['shifted'])} |")
+        lines.append(f"| {name} | " + " | ".join(cell(FAMILIES[c]) for c in columns) + " |")
+    r_ = RANDOM_CONTRAST
+    lines += ["", "A random contrast (SynthSeg-style) draws, relative to soft tissue = 1: every "
+              f"other tissue {r(r_.tissue)}, the least dense cortical bone {r(r_.cortical)}, "
+              f"the least dense cancellous bone {r(r_.cancellous)}, the densest bone "
+              f"{r(r_.densest_share)} of the least dense; air, teeth and metal stay dark, and "
+              "the bone curve's exponent stays the family's."]  # fmt: skip
     lines += ["", "| age group | head scale | mineralisation | vault (mm) | open sutures "
               "| sinus scale | mastoid cells | jaw scale | missing teeth |",
               "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -319,10 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--seed", type=int, default=7, help="phantom: cohort seed (7)")
     imp.add_argument(
         "--family",
-        choices=("classic", "wide", "shifted"),
+        choices=("classic", "wide", "randomised", "shifted"),
         default="classic",
         help="phantom: classic (the original phantom, ZTE), wide (technique, scanner, anatomy "
-        "and acquisition drawn per patient) or shifted (ranges apart from wide's, PETRA)",
+        "and acquisition drawn per patient), randomised (wide, half in a random contrast) or "
+        "shifted (ranges apart from wide's, PETRA)",
     )
     imp.add_argument(
         "--contrast",
