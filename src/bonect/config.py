@@ -165,6 +165,7 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
     threads: int = Field(default=0, ge=0)  # PyTorch CPU threads; 0: PyTorch's default
     external_sites: tuple[str, ...] = ()  # default --external sites of `augment`
     balance_sites: bool = True  # epochs draw local and external slices in equal share
+    contrast_remap: float = Field(default=0.0, ge=0, le=1)  # share of slices randomly remapped
 
     @field_validator("image_size", "crop_size")
     @classmethod

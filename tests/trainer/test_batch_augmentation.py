@@ -13,6 +13,7 @@ from bonect.trainer.batch_augmentation import (
     augment,
     dark_curve,
     random_windows,
+    remap,
 )
 
 N, SIZE = 6, 32
@@ -145,3 +146,21 @@ def test_the_dark_curve_moves_only_what_lies_between_air_and_soft_tissue() -> No
     assert torch.equal(dark_curve(ramp, _generator(4)), curved)  # seeded
     spared = dark_curve(ramp, _generator(4), AugmentationOptions(dark_probability=0.0))
     assert torch.equal(spared, ramp)
+
+
+def test_the_remap_keeps_air_dark_and_may_turn_the_order_of_tissues_around() -> None:
+    ramp = torch.linspace(0, 1, 201).view(1, 1, 1, 201).repeat(64, 1, 1, 1)
+    mapped = remap(ramp, _generator(5))
+    assert torch.equal(mapped[..., 0], ramp[..., 0])  # air
+    assert float(mapped.min()) >= 0.0 and float(mapped.max()) <= 1.0
+    falling = (torch.diff(mapped, dim=-1) < -1e-4).any(dim=-1).float().mean()
+    assert float(falling) > 0.9  # almost every curve turns some order around
+    # bone (0.2) brighter than soft tissue (0.5) on some slices, darker on others
+    brighter = mapped[..., 40] > mapped[..., 100]
+    assert 0 < int(brighter.sum()) < 64
+    assert torch.equal(remap(ramp, _generator(5)), mapped)  # seeded
+    spared = remap(ramp, _generator(5), AugmentationOptions(remap_probability=0.0))
+    assert torch.equal(spared, ramp)
+    half = remap(ramp, _generator(6), AugmentationOptions(remap_probability=0.5))
+    untouched = (half == ramp).all(dim=-1).float().mean()
+    assert 0.2 < float(untouched) < 0.8

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from bonect.config import load_config
 from bonect.converter.model_folder import load_model, save_model
 from bonect.converter.networks import build_model
+from bonect.errors import ConfigError
 from bonect.trainer.batch_augmentation import augment
 from bonect.trainer.cache import (
     HU_MAX,
@@ -22,6 +24,7 @@ from bonect.trainer.cache import (
     split_patients,
 )
 from bonect.trainer.curves import EpochRecord, read_history
+from bonect.trainer.generalizability import training_options
 from bonect.trainer.training import (
     CHECKPOINT,
     LOSSES,
@@ -236,6 +239,18 @@ def test_options_are_checked() -> None:
         TrainingOptions(architecture="resnet")
     with pytest.raises(ValueError, match="crop_size must be a multiple of 16"):
         TrainingOptions(crop_size=20)
+    with pytest.raises(ValueError, match="contrast_remap must lie between 0 and 1"):
+        TrainingOptions(contrast_remap=1.5)
+
+
+def test_contrast_remap_goes_from_the_config_to_the_training(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[trainer]\ncontrast_remap = 0.4\n", encoding="utf-8")
+    options = training_options(load_config(path).trainer)
+    assert options.contrast_remap == 0.4
+    path.write_text("[trainer]\ncontrast_remap = 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"trainer\.contrast_remap"):
+        load_config(path)
 
 
 def test_training_on_windows_validates_on_whole_slices(

@@ -9,7 +9,10 @@ multiplicative bias field and Gaussian noise of a random level. Optionally (``da
 a random monotone curve of the range below soft tissue only, air and soft tissue kept where they
 are: the bone-signal relation is what techniques, vendors and echo times change most (a PETRA
 cortex is brighter than a ZTE one of the same density), and the network should lean on shape
-more than on how dark bone is. Everything is drawn from the
+more than on how dark bone is. Optionally (``remap_probability``) a random remap of the whole
+signal that need not be monotone, air kept dark: the label-free cousin of training on random
+contrasts (SynthSeg), for a site's own data, where no tissue labels exist to redraw each
+tissue's signal. Everything is drawn from the
 ``torch.Generator`` passed in, so a seed fixes the result; values stay in [0, 1].
 
 Before either, :func:`random_windows` may cut one random square window per slice out of input
@@ -42,6 +45,8 @@ class AugmentationOptions:
     max_noise: float = 0.03  # std of the noise, in input units
     dark_probability: float = 0.0  # per slice: a random monotone curve below soft tissue
     max_dark_blend: float = 1.0  # its blend with the identity, at most
+    remap_probability: float = 0.0  # per slice: a random, not monotone, remap of the signal
+    remap_knots: int = 8
 
     @property
     def contrast(self) -> bool:
@@ -140,6 +145,8 @@ def contrast(
         return value.masked_fill(spared, 0.0).to(device=device, dtype=dtype).view(n, 1, 1, 1)
 
     x = inputs.clamp(0.0, 1.0)
+    if options.remap_probability > 0:
+        x = remap(x, generator, options)
     if options.dark_probability > 0:
         x = dark_curve(x, generator, options)
     # gamma, log-uniform around 1
@@ -175,6 +182,40 @@ SOFT_TISSUE_INPUT = 0.5
 (:func:`bonect.converter.preprocess.model_input`)."""
 
 
+def _piecewise_linear(x: torch.Tensor, ys: torch.Tensor, segments: int) -> torch.Tensor:
+    """``x`` in [0, 1] through per-slice curves of ``segments`` equal segments with knot values
+    ``ys`` (n, segments + 1)."""
+    n = x.shape[0]
+    position = (x * segments).clamp(0.0, segments - 1e-6)
+    low = position.floor()
+    frac = position - low
+    index = low.long().view(n, -1)
+    below = torch.gather(ys, 1, index).view_as(x)
+    above = torch.gather(ys, 1, index + 1).view_as(x)
+    return below + frac * (above - below)
+
+
+def remap(
+    inputs: torch.Tensor,
+    generator: torch.Generator,
+    options: AugmentationOptions = AugmentationOptions(remap_probability=1.0),
+) -> torch.Tensor:
+    """With probability ``options.remap_probability`` per slice, the signal through a random
+    piecewise-linear curve whose knots (``remap_knots`` + 1, evenly spaced) take uniform values
+    in [0, 1], in any order but the first: air (0) stays 0. What is dark may turn bright and
+    the reverse, so the network must find tissue by shape and by its contrast to neighbours."""
+    n = inputs.shape[0]
+    device, dtype = inputs.device, inputs.dtype
+    segments = max(options.remap_knots, 2)
+    ys = torch.rand(n, segments + 1, generator=generator)
+    ys[:, 0] = 0.0
+    spared = torch.rand(n, generator=generator) >= options.remap_probability
+    x = inputs.clamp(0.0, 1.0)
+    curved = _piecewise_linear(x, ys.to(device=device, dtype=dtype), segments)
+    keep = spared.to(device=device).view(n, 1, 1, 1)
+    return torch.where(keep, x, curved)
+
+
 def dark_curve(
     inputs: torch.Tensor,
     generator: torch.Generator,
@@ -193,12 +234,6 @@ def dark_curve(
     blend = blend.masked_fill(spared, 0.0).to(device=device, dtype=dtype).view(n, 1, 1, 1)
     ys = ys.to(device=device, dtype=dtype)
     x = inputs.clamp(0.0, 1.0)
-    position = (x / SOFT_TISSUE_INPUT * knots).clamp(0.0, knots - 1e-6)
-    low = position.floor()
-    frac = position - low
-    index = low.long().view(n, -1)
-    below = torch.gather(ys, 1, index).view_as(x)
-    above = torch.gather(ys, 1, index + 1).view_as(x)
-    curved = below + frac * (above - below)
+    curved = _piecewise_linear((x / SOFT_TISSUE_INPUT).clamp(0.0, 1.0), ys, knots)
     dark = x < SOFT_TISSUE_INPUT
     return torch.where(dark, (1 - blend) * x + blend * curved, x)

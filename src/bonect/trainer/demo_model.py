@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from bonect.converter.model_folder import LoadedModel, load_model, save_model
@@ -104,6 +105,7 @@ def train(
     val_slices: int = 96,
     family: Family = "wide",
     bone_weight: float = 1.0,
+    l2_weight: float = 0.0,
     augmentation: bool = True,
     dark_probability: float = 0.0,
     calibration_patients: int = 2,
@@ -151,7 +153,10 @@ def train(
                 x, y = augment(x, y, generator, options)
             elif rng.random() < 0.5:  # left-right flip
                 x, y = x.flip(-1), y.flip(-1)
-            loss = bone_weighted_l1(net(x), y, bone_weight)
+            prediction = net(x)
+            loss = bone_weighted_l1(prediction, y, bone_weight)
+            if l2_weight > 0:  # L2 predicts the mean where L1 predicts the median
+                loss = loss + l2_weight * F.mse_loss(prediction, y)
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
@@ -200,7 +205,8 @@ def train(
             patient_keys=keys,
             slices=slices_seen,
             epochs=epochs_run,
-            loss="mae" if bone_weight == 0 else f"mae, bone x{1 + bone_weight:g}",
+            loss=("mae" if bone_weight == 0 else f"mae, bone x{1 + bone_weight:g}")
+            + (f" + {l2_weight:g}·mse" if l2_weight > 0 else ""),
             command=command or f"python -m bonect.trainer.demo_model {out} --seed {seed}",
         ),
         metrics={"validation_l1_hu": round(best_val, 2), "parameters": count_parameters(net)},
@@ -268,6 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--bone-weight", type=float, default=1.0, help="extra L1 weight of bone voxels (0: plain)"
     )
     parser.add_argument(
+        "--l2-weight",
+        type=float,
+        default=0.0,
+        help="add this many times L2 to the loss (the paper's mix: 4.4); L1 alone predicts the "
+        "median, which calls uncertain bone soft tissue",
+    )
+    parser.add_argument(
         "--no-augmentation", action="store_true", help="left-right flips only (the old recipe)"
     )
     parser.add_argument(
@@ -300,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps_per_epoch=args.steps_per_epoch,
         family=args.family,
         bone_weight=args.bone_weight,
+        l2_weight=args.l2_weight,
         augmentation=not args.no_augmentation,
         dark_probability=args.dark_curve,
         calibration_patients=args.calibration_patients,

@@ -62,6 +62,7 @@ def training_options(
         local_sites=tuple(local_sites),
         balance_sites=config.balance_sites,
         processes=processes,
+        contrast_remap=config.contrast_remap,
     )
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from bonect.converter.inference import pick_device
 from bonect.converter.networks import ARCHITECTURES, build_model, count_parameters
 from bonect.registry import Manifest, TrainingProvenance
-from bonect.trainer.batch_augmentation import augment, random_windows
+from bonect.trainer.batch_augmentation import AugmentationOptions, augment, random_windows
 from bonect.trainer.cache import (
     HU_MAX,
     HU_MIN,
@@ -99,6 +99,7 @@ class TrainingOptions:
     local_sites: tuple[str, ...] = ()  # pairs of these sites are local, any other external
     balance_sites: bool = True  # epochs draw local and external slices in equal share
     processes: int = 1  # data-parallel ranks (parallel.py); batch_size stays the global batch
+    contrast_remap: float = 0.0  # share of slices whose signal gets a random, non-monotone remap
 
     def __post_init__(self) -> None:
         problems = []
@@ -122,6 +123,8 @@ class TrainingOptions:
             problems.append("batch_size must be at least processes (each takes a share)")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device {self.device!r} is not auto, cpu or cuda")
+        if not 0.0 <= self.contrast_remap <= 1.0:
+            problems.append("contrast_remap must lie between 0 and 1")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -405,6 +408,7 @@ def _train_epoch(
     generator = torch.Generator().manual_seed(seed)
     batches = [b for b in sampler.batches(epoch) if len(b) >= ranks.world]  # a share each
     amp = device.type == "cuda"
+    augmentation = AugmentationOptions(remap_probability=options.contrast_remap)
     total = torch.zeros((), device=device)
     seen = 0
     started = time.monotonic()
@@ -419,7 +423,7 @@ def _train_epoch(
     for step, (x, y) in enumerate(bar):
         x, y = random_windows(x, y, options.crop_size, generator)
         if options.augment:
-            x, y = augment(x, y, generator)
+            x, y = augment(x, y, generator, augmentation)
         rows = ranks.rows(len(x))
         share = ranks.world * (rows.stop - rows.start) / len(x)
         x, y = x[rows], y[rows]
