@@ -86,6 +86,18 @@ def test_a_manifest_round_trips_and_maps_to_hu(registry: Path) -> None:
     assert manifest.to_hu(0.0) == -1024.0 and manifest.to_hu(1.0) == 3071.0
 
 
+@pytest.mark.parametrize(
+    ("arguments", "context"), [({}, 0), ({"in_channels": 3}, 1), ({"in_channels": 5}, 2)]
+)
+def test_the_context_slices_follow_the_networks_input_channels(
+    arguments: dict[str, int], context: int
+) -> None:
+    manifest = Manifest(
+        name="a", version="1", architecture="light_unet", arguments=arguments, input_size=16
+    )
+    assert manifest.context_slices == context
+
+
 def test_a_bad_manifest_names_its_file(registry: Path) -> None:
     with pytest.raises(ModelError, match="not a model folder"):
         read_manifest(registry)

@@ -166,6 +166,7 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
     external_sites: tuple[str, ...] = ()  # default --external sites of `augment`
     balance_sites: bool = True  # epochs draw local and external slices in equal share
     contrast_remap: float = Field(default=0.0, ge=0, le=1)  # share of slices randomly remapped
+    context_slices: int = Field(default=0, ge=0, le=3)  # neighbours as input channels; 0: 2D
 
     @field_validator("image_size", "crop_size")
     @classmethod
@@ -173,6 +174,15 @@ class TrainerConfig(BaseModel, frozen=True, extra="forbid"):
         if value % 16:
             raise ValueError("must be a multiple of 16 (the U-Net halves it four times)")
         return value
+
+    @model_validator(mode="after")
+    def _channels(self) -> TrainerConfig:
+        if self.architecture == "vgg16_unet" and self.context_slices > 1:
+            raise ValueError(
+                f"context_slices {self.context_slices}: vgg16_unet takes at most 1 "
+                "(3 input channels)"
+            )
+        return self
 
 
 class Destination(BaseModel, frozen=True, extra="forbid"):

@@ -98,6 +98,12 @@ class Manifest(BaseModel, frozen=True, extra="forbid"):
         """Name and version, e.g. ``head-zte 2026.11``."""
         return f"{self.name} {self.version}"
 
+    @property
+    def context_slices(self) -> int:
+        """Neighbouring slices on either side given to the network as channels (0: 2D input;
+        1: the 2.5D input of three slices), from the network's ``in_channels``."""
+        return (int(self.arguments.get("in_channels", 1)) - 1) // 2
+
     def to_hu(self, y: _T) -> _T:
         """Network output in [0, 1] (a tensor or an array) to HU."""
         return y * (self.hu_max - self.hu_min) + self.hu_min

@@ -19,8 +19,9 @@ from safetensors import safe_open
 
 from bonect.converter.inference import predict_cube, predict_plane
 from bonect.converter.model_folder import WEIGHTS, LoadedModel, load_model
+from bonect.converter.networks import build_model
 from bonect.converter.pipeline import Classical, convert, resolve_method
-from bonect.converter.preprocess import head_mask, prepare
+from bonect.converter.preprocess import head_mask, prepare, slices
 from bonect.errors import ModelError
 from bonect.hounsfield import HU_MAX, HU_MIN
 from bonect.phantom.anatomy import Tissue
@@ -96,6 +97,41 @@ def test_single_plane_prediction_is_that_plane(
     assert fused.spread is None
     with pytest.raises(ValueError, match="at least one plane"):
         predict_cube(model, image, [], device=CPU)
+
+
+def _with_input_channels(model: LoadedModel, listens_to: int) -> LoadedModel:
+    """The model made 2.5D (three input channels) with only channel ``listens_to`` connected,
+    through the one-channel model's own first-layer weights."""
+    arguments = {**model.manifest.arguments, "in_channels": 3}
+    network = build_model(model.manifest.architecture, arguments)
+    state = {k: v.clone() for k, v in model.network.state_dict().items()}
+    first = next(k for k, v in state.items() if v.ndim == 4)  # the first convolution
+    weights = torch.zeros(state[first].shape[0], 3, *state[first].shape[2:])
+    weights[:, listens_to] = state[first][:, 0]
+    state[first] = weights
+    network.load_state_dict(state)
+    manifest = model.manifest.model_copy(update={"arguments": arguments})
+    return LoadedModel(manifest, network.eval(), model.folder)
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_a_25d_model_sees_each_slice_between_its_neighbours(
+    phantom_case: PhantomCase, model: LoadedModel, plane: str
+) -> None:
+    image = prepare(phantom_case.mr, model.manifest.input_size).image
+    flat = slices(predict_plane(model, image, plane, device=CPU), plane)
+    middle, previous, following = (
+        slices(predict_plane(_with_input_channels(model, c), image, plane, device=CPU), plane)
+        for c in (1, 0, 2)
+    )
+
+    assert _with_input_channels(model, 1).manifest.context_slices == 1
+    np.testing.assert_allclose(middle, flat, atol=1e-2)  # the slice itself: the 2D prediction
+    np.testing.assert_allclose(previous[1:], flat[:-1], atol=1e-2)  # the slice before it
+    np.testing.assert_allclose(previous[0], flat[0], atol=1e-2)  # the edge, repeated
+    np.testing.assert_allclose(following[:-1], flat[1:], atol=1e-2)
+    # neighbours differ by far more than the tolerance, else the shifts prove nothing
+    assert float(np.abs(flat[1:] - flat[:-1]).max()) > 0.5
 
 
 def test_classical_map_finds_cortical_bone(phantom_case: PhantomCase) -> None:

@@ -25,6 +25,7 @@ from bonect.converter.preprocess import (
     slices,
     to_cube,
     unslice,
+    with_neighbours,
 )
 from bonect.converter.volume import Volume
 from bonect.phantom.anatomy import Tissue
@@ -80,6 +81,22 @@ def test_slices_and_unslice_are_inverse_views_of_the_cube(plane: str) -> None:
     for n in range(5):
         expected = {"axial": x[n], "coronal": x[:, n], "sagittal": x[:, :, n]}[plane]
         np.testing.assert_array_equal(stack[n], expected)
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_with_neighbours_puts_the_slice_in_the_middle_channel_and_repeats_the_edges(
+    context: int,
+) -> None:
+    stack = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 3, 4), np.float32)
+    which = np.array([0, 2, 5])
+
+    picked = with_neighbours(stack, context, which)
+
+    assert picked.shape == (3, 2 * context + 1, 3, 4)
+    for row, n in enumerate(which):
+        expected = np.clip(np.arange(n - context, n + context + 1), 0, 5)
+        np.testing.assert_array_equal(picked[row, :, 0, 0], expected)
+        np.testing.assert_array_equal(picked[row, context], stack[n])
 
 
 def test_cube_of_a_volume_on_the_cube_grid_is_exact() -> None:

@@ -110,9 +110,29 @@ def test_the_contrast_curve_is_monotone() -> None:
     assert not torch.allclose(x, ramp, atol=1e-3)
 
 
-def test_mismatched_batches_are_refused() -> None:
-    with pytest.raises(ValueError, match="expected two"):
-        augment(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 9), _generator(0))
+@pytest.mark.parametrize(
+    ("inputs", "targets"),
+    [((2, 1, 8, 8), (2, 1, 8, 9)), ((2, 3, 8, 8), (3, 1, 8, 8)), ((2, 3, 8, 8), (2, 3, 8, 8))],
+)
+def test_mismatched_batches_are_refused(inputs: tuple[int, ...], targets: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"expected \(n, c, h, w\) inputs and \(n, 1, h, w\)"):
+        augment(torch.zeros(inputs), torch.zeros(targets), _generator(0))
+
+
+def test_the_channels_of_a_25d_input_move_with_their_slice() -> None:
+    """Three channels (a slice and its neighbours) get the geometry of the target and the same
+    contrast: with the noise off, equal channels stay equal, and each equals what a one-channel
+    input becomes."""
+    image = _batch()
+    options = AugmentationOptions(contrast_probability=1.0, max_noise=0.0)
+    x1, y1 = augment(image, image.clone(), _generator(4), options)
+    x3, y3 = augment(image.repeat(1, 3, 1, 1), image.clone(), _generator(4), options)
+
+    assert x3.shape == (N, 3, SIZE, SIZE) and y3.shape == (N, 1, SIZE, SIZE)
+    torch.testing.assert_close(y3, y1)
+    for c in range(3):
+        torch.testing.assert_close(x3[:, c : c + 1], x1)
+    assert not torch.allclose(x1, image, atol=1e-3)  # it did change
 
 
 def test_random_windows_cut_the_same_square_from_input_and_target() -> None:

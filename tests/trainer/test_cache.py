@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -61,7 +62,8 @@ def test_slices_of_three_planes_by_the_converters_preprocessing(
     assert [p.source for p in pairs] == sources
     for pair in pairs:
         assert isinstance(pair.inputs, np.memmap) and isinstance(pair.targets, np.memmap)
-        assert pair.inputs.shape == pair.targets.shape == (pair.n_slices, SIZE, SIZE)
+        assert pair.inputs.shape == (pair.n_slices, 1, SIZE, SIZE) and pair.channels == 1
+        assert pair.targets.shape == (pair.n_slices, SIZE, SIZE)
         assert pair.inputs.dtype == pair.targets.dtype == np.float16
         assert set(np.unique(pair.planes)) == {0, 1, 2}
         assert float(pair.inputs.min()) >= 0.0 and float(pair.inputs.max()) <= 1.0
@@ -71,14 +73,11 @@ def test_slices_of_three_planes_by_the_converters_preprocessing(
     prepared = prepare(read_nifti(sources[0].mr), SIZE)
     keep = slices(prepared.cube_mask, "axial").mean(axis=(1, 2)) >= 0.04
     axial = pairs[0].inputs[pairs[0].planes == PLANE_AXIS["axial"]]
-    np.testing.assert_array_equal(axial, prepared.image[keep].astype(np.float16))
+    np.testing.assert_array_equal(axial[:, 0], prepared.image[keep].astype(np.float16))
     index = json.loads((_folder(tmp_path, sources[0]) / INDEX).read_text())
     assert index["slices"] == pairs[0].n_slices == sum(index["per_plane"].values())
-    assert index["key"] == pairs[0].cache_key and index["shapes"]["inputs"] == [
-        pairs[0].n_slices,
-        SIZE,
-        SIZE,
-    ]
+    assert index["key"] == pairs[0].cache_key and index["context"] == 0
+    assert index["shapes"]["inputs"] == [pairs[0].n_slices, 1, SIZE, SIZE]
 
 
 def test_an_unchanged_cache_is_reused(
@@ -181,7 +180,7 @@ def test_an_interrupted_build_leaves_nothing_that_looks_valid(
     folder = _folder(root, copied)
     stale = folder.with_name(f".tmp-{folder.name}-dead")
     stale.mkdir()
-    np.save(stale / "inputs.npy", np.zeros((1, SIZE, SIZE), np.float16))
+    np.save(stale / "inputs.npy", np.zeros((1, 1, SIZE, SIZE), np.float16))
     (pair,) = build_cache(root, [copied], SIZE, progress=False)
     assert pair.n_slices > 1 and (folder / INDEX).is_file()
     assert not stale.exists()
@@ -210,6 +209,87 @@ def test_batches_gather_slices_across_pairs(sources: list[PairSource], tmp_path:
     expected = np.stack(
         [pairs[0].inputs[0], pairs[0].inputs[1], pairs[1].inputs[0], pairs[1].inputs[3]]
     ).astype(np.float32)
-    np.testing.assert_array_equal(x[:, 0].numpy(), expected)
+    np.testing.assert_array_equal(x.numpy(), expected)
     np.testing.assert_array_equal(y[2, 0].numpy(), pairs[1].targets[0].astype(np.float32))
     assert x2.shape[0] == y2.shape[0] == 2
+
+
+def test_context_stores_each_slice_with_its_neighbours(
+    sources: list[PairSource], tmp_path: Path
+) -> None:
+    """``context`` 1: inputs (n, 3, size, size), the 2D cache's slice in the middle channel and
+    its neighbours of the same plane (from the whole stack, kept or not) on either side."""
+    (flat,) = build_cache(tmp_path / "2d", sources[:1], SIZE, progress=False)
+    (deep,) = build_cache(tmp_path / "2.5d", sources[:1], SIZE, context=1, progress=False)
+    assert isinstance(deep.inputs, np.memmap) and deep.inputs.dtype == np.float16
+    assert deep.inputs.shape == (flat.n_slices, 3, SIZE, SIZE) and deep.channels == 3
+    np.testing.assert_array_equal(deep.targets, flat.targets)
+    np.testing.assert_array_equal(deep.planes, flat.planes)
+    np.testing.assert_array_equal(deep.inputs[:, 1], flat.inputs[:, 0])
+    assert deep.cache_key != flat.cache_key
+
+    prepared = prepare(read_nifti(sources[0].mr), SIZE)
+    neighbours_left_out = 0
+    for plane, axis in PLANE_AXIS.items():
+        rows = np.flatnonzero(flat.planes == axis)  # this plane's rows of the caches
+        kept = np.flatnonzero(slices(prepared.cube_mask, plane).mean(axis=(1, 2)) >= 0.04)
+        stack = slices(prepared.image, plane).astype(np.float16)
+        row_of = {int(k): int(r) for k, r in zip(kept, rows, strict=True)}
+        for k, row in row_of.items():
+            for channel, neighbour in ((0, k - 1), (2, k + 1)):
+                if neighbour in row_of:  # a kept slice: the 2D cache holds it
+                    expected = flat.inputs[row_of[neighbour], 0]
+                else:  # left out by the head fraction, or the edge slice repeated
+                    expected = stack[min(max(neighbour, 0), len(stack) - 1)]
+                    neighbours_left_out += 1
+                np.testing.assert_array_equal(deep.inputs[row, channel], expected)
+    assert neighbours_left_out >= 6  # each plane's first and last kept slice at least
+
+    index = json.loads((_folder(tmp_path / "2.5d", sources[0]) / INDEX).read_text())
+    assert index["context"] == 1 and index["shapes"]["inputs"] == [flat.n_slices, 3, SIZE, SIZE]
+
+    x, y = SliceIndex([deep]).load(np.array([5, 2], dtype=np.int64))
+    assert x.shape == (2, 3, SIZE, SIZE) and y.shape == (2, 1, SIZE, SIZE)
+    np.testing.assert_array_equal(x.numpy(), deep.inputs[[2, 5]].astype(np.float32))
+    np.testing.assert_array_equal(y[:, 0].numpy(), deep.targets[[2, 5]].astype(np.float32))
+    with pytest.raises(ValueError, match="different input channels"):
+        SliceIndex([flat, deep])
+    with pytest.raises(ValueError, match="context must lie between 0 and 3"):
+        build_cache(tmp_path / "2d", sources[:1], SIZE, context=4, progress=False)
+
+
+def test_a_changed_context_or_an_old_format_cache_rebuilds(
+    copied: PairSource, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "cache"
+    (flat,) = build_cache(root, [copied], SIZE, progress=False)
+    with caplog.at_level(logging.INFO, logger="bonect.trainer.cache"):
+        (deep,) = build_cache(root, [copied], SIZE, context=1, progress=False)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "inputs or preprocessing changed" in caplog.records[0].getMessage()
+    assert deep.cache_key != flat.cache_key and deep.inputs.shape[1] == 3
+    assert json.loads((_folder(root, copied) / INDEX).read_text())["context"] == 1
+
+    # a cache of the first format: 2D inputs (n, size, size), its key without a context
+    folder = _folder(root, copied)
+    old_parts = {
+        "format": 1,
+        "mr": cache.file_sha256(copied.mr),
+        "ct": cache.file_sha256(copied.ct),
+        "size": SIZE,
+        "preprocessing_version": cache.PREPROCESSING_VERSION,
+        "hu_range": [cache.HU_MIN, cache.HU_MAX],
+        "min_head_fraction": 0.04,
+    }
+    old_key = hashlib.sha256(json.dumps(old_parts, sort_keys=True).encode()).hexdigest()
+    index = json.loads((folder / INDEX).read_text())
+    index.update(format=1, key=old_key)
+    del index["context"]
+    (folder / INDEX).write_text(json.dumps(index))
+    np.save(folder / "inputs.npy", np.array(flat.inputs)[:, 0])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bonect.trainer.cache"):
+        (rebuilt,) = build_cache(root, [copied], SIZE, progress=False)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]  # changed, not damaged
+    assert rebuilt.cache_key == flat.cache_key
+    np.testing.assert_array_equal(rebuilt.inputs, flat.inputs)

@@ -10,9 +10,9 @@ from bonect.trainer.sampling import EpochSampler, site_of
 
 
 def _pair(key: str, slices: int) -> CachedPair:
-    arrays = np.zeros((slices, 4, 4), np.float16)
+    inputs, targets = np.zeros((slices, 1, 4, 4), np.float16), np.zeros((slices, 4, 4), np.float16)
     source = PairSource(key, f"patient-{key}", mr=None, ct=None)  # type: ignore[arg-type]
-    return CachedPair(source, arrays, arrays, np.zeros(slices, np.int8), cache_key=key)
+    return CachedPair(source, inputs, targets, np.zeros(slices, np.int8), cache_key=key)
 
 
 @pytest.fixture

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from bonect.config import load_config
+from bonect.converter.inference import predict_cube
 from bonect.converter.model_folder import load_model, save_model
 from bonect.converter.networks import build_model
+from bonect.converter.preprocess import prepare
+from bonect.converter.volume import read_nifti
 from bonect.errors import ConfigError
 from bonect.trainer.batch_augmentation import augment
 from bonect.trainer.cache import (
@@ -21,6 +24,7 @@ from bonect.trainer.cache import (
     HU_MIN,
     CachedPair,
     SliceIndex,
+    build_cache,
     split_patients,
 )
 from bonect.trainer.curves import EpochRecord, read_history
@@ -241,6 +245,12 @@ def test_options_are_checked() -> None:
         TrainingOptions(crop_size=20)
     with pytest.raises(ValueError, match="contrast_remap must lie between 0 and 1"):
         TrainingOptions(contrast_remap=1.5)
+    with pytest.raises(ValueError, match="context_slices must lie between 0 and 3"):
+        TrainingOptions(context_slices=4)
+    with pytest.raises(ValueError, match="vgg16_unet takes at most context_slices 1"):
+        TrainingOptions(architecture="vgg16_unet", context_slices=2)
+    with pytest.raises(ValueError, match="in_channels 1 does not match context_slices 1"):
+        TrainingOptions(arguments={"in_channels": 1}, context_slices=1)
 
 
 def test_contrast_remap_goes_from_the_config_to_the_training(tmp_path: Path) -> None:
@@ -251,6 +261,48 @@ def test_contrast_remap_goes_from_the_config_to_the_training(tmp_path: Path) -> 
     path.write_text("[trainer]\ncontrast_remap = 2\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"trainer\.contrast_remap"):
         load_config(path)
+
+
+def test_context_slices_goes_from_the_config_to_the_training(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[trainer]\ncontext_slices = 1\n", encoding="utf-8")
+    options = training_options(load_config(path).trainer)
+    assert options.context_slices == 1 and options.network_arguments == {"in_channels": 3}
+    for wrong in (4, -1):
+        path.write_text(f"[trainer]\ncontext_slices = {wrong}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"trainer\.context_slices:"):
+            load_config(path)
+    path.write_text('[trainer]\narchitecture = "vgg16_unet"\ncontext_slices = 2\n')
+    with pytest.raises(ConfigError, match="vgg16_unet takes at most 1"):
+        load_config(path)
+
+
+def test_a_model_trained_on_neighbouring_slices_is_converted_with_them(
+    pairs: list[CachedPair], tmp_path: Path
+) -> None:
+    """``context_slices`` 1: the cache holds three channels, the network takes them, and the
+    model folder says so (``in_channels``), so that the converter feeds the neighbours."""
+    sources = [p.source for p in pairs]
+    deep = build_cache(tmp_path / "cache", sources, SIZE, context=1, progress=False)
+    options = dataclasses.replace(OPTIONS, context_slices=1, max_epochs=1, steps_per_epoch=2)
+    with pytest.raises(TrainingError, match="1 channels, but context_slices 1 needs 3"):
+        train(pairs, options, tmp_path / "2d-cache", progress=False)
+    result = train(deep, options, tmp_path / "run", progress=False)
+    assert np.isfinite(result.best_val_mae_hu)
+    with torch.inference_mode():  # the network takes three channels
+        assert result.network(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 1, SIZE, SIZE)
+    manifest = manifest_for(
+        result, options, name="t", version="1", size=SIZE, sites=["phantom"], command="pytest"
+    )
+    assert manifest.arguments == {"base_filters": 8, "levels": 3, "in_channels": 3}
+    assert OPTIONS.network_arguments == OPTIONS.arguments  # a 2D model's manifest as before
+    loaded = load_model(save_model(tmp_path / "model", manifest, result.network))
+    assert loaded.manifest.arguments["in_channels"] == 3 and loaded.manifest.context_slices == 1
+    assert _weights_equal(loaded.network, result.network)
+    image = prepare(read_nifti(sources[0].mr), SIZE).image
+    prediction = predict_cube(loaded, image, ("axial", "coronal"), device=torch.device("cpu"))
+    assert prediction.hu.shape == image.shape and np.isfinite(prediction.hu).all()
+    assert float(prediction.hu.min()) >= HU_MIN and float(prediction.hu.max()) <= HU_MAX
 
 
 def test_training_on_windows_validates_on_whole_slices(

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from bonect.config import Precision
 from bonect.converter.model_folder import LoadedModel
-from bonect.converter.preprocess import set_resample_threads, slices, unslice
+from bonect.converter.preprocess import set_resample_threads, slices, unslice, with_neighbours
 
 logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -88,15 +88,21 @@ def predict_plane(
     device: torch.device | None = None,
     progress: bool = False,
 ) -> F32:
-    """Predict every slice of one plane of the cube; returns HU in cube order."""
+    """Predict every slice of one plane of the cube; returns HU in cube order.
+
+    A 2.5D model (:attr:`~bonect.registry.Manifest.context_slices` > 0) sees each slice with
+    its neighbours in this plane as channels.
+    """
     device = device or next(model.network.parameters()).device
     stack = slices(image, plane)
+    context = model.manifest.context_slices
     out = np.empty(stack.shape, dtype=np.float32)
     autocast = forward_context(device, model.precision)
     starts = range(0, stack.shape[0], batch_size)
     for start in tqdm(starts, desc=f"{plane:>8}", unit="batch", disable=not progress, leave=False):
-        batch = np.ascontiguousarray(stack[start : start + batch_size])
-        x = torch.from_numpy(batch)[:, None].to(device, non_blocking=True)
+        rows = np.arange(start, min(start + batch_size, stack.shape[0]))
+        batch = np.ascontiguousarray(with_neighbours(stack, context, rows))
+        x = torch.from_numpy(batch).to(device, non_blocking=True)
         x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
             y = model.network(x)

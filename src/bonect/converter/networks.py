@@ -87,6 +87,8 @@ class VGG16UNet(nn.Module):
 
     def __init__(self, *, in_channels: int = 1) -> None:
         super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"vgg16_unet takes 1 or 3 input channels, not {in_channels}")
         self.in_channels = in_channels
         self.encoder = nn.ModuleList()
         c = 3

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,7 @@ from bonect.converter.volume import Volume
 PREPROCESSING_VERSION = "cube-1"
 F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
+_G = TypeVar("_G", bound=np.generic)
 
 # LPS directions of the cube's axes (slice, row, column): S→I, A→P, R→L.
 _CUBE_AXES = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]).T
@@ -373,6 +375,17 @@ PLANE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 def slices(cube_array: npt.NDArray[np.generic], plane: str) -> npt.NDArray[np.generic]:
     """The cube as a stack of 2D slices of one plane: shape (n, size, size)."""
     return np.moveaxis(cube_array, PLANE_AXIS[plane], 0)
+
+
+def with_neighbours(stack: npt.NDArray[_G], context: int, which: npt.ArrayLike) -> npt.NDArray[_G]:
+    """Slices ``which`` of a stack (n, h, w), each with its ``context`` neighbours on either
+    side as channels: shape (len(which), 2·context + 1, h, w), the slice itself in the middle
+    channel (the 2.5D input; context 0 gives one channel). Beyond the first and last slice the
+    edge slice is repeated, as outside the cube there is only what the cube's edge shows."""
+    offsets = np.arange(-context, context + 1)
+    rows = np.clip(np.asarray(which, dtype=np.int64)[:, None] + offsets, 0, len(stack) - 1)
+    picked: npt.NDArray[_G] = stack[rows]
+    return picked
 
 
 def unslice(stack: npt.NDArray[np.generic], plane: str) -> npt.NDArray[np.generic]:

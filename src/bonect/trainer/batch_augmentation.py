@@ -62,13 +62,23 @@ def augment(
     generator: torch.Generator,
     options: AugmentationOptions = AugmentationOptions(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a batch of (n, 1, h, w) inputs and targets in [0, 1]; returns new tensors.
+    """Augment a batch of (n, c, h, w) inputs and (n, 1, h, w) targets in [0, 1]; returns new
+    tensors. The c channels of an input (a slice and its neighbours, the 2.5D input) get the
+    same geometry and contrast; only the noise differs between them.
 
     `generator` is a CPU generator; parameters are drawn from it and moved to the tensors'
     device, and the per-pixel noise comes from a device generator seeded from it.
     """
-    if inputs.shape != targets.shape or inputs.ndim != 4 or inputs.shape[1] != 1:
-        raise ValueError(f"expected two (n, 1, h, w) batches, got {inputs.shape}, {targets.shape}")
+    if (
+        inputs.ndim != 4
+        or targets.ndim != 4
+        or targets.shape[1] != 1
+        or inputs.shape[:1] + inputs.shape[2:] != targets.shape[:1] + targets.shape[2:]
+    ):
+        raise ValueError(
+            f"expected (n, c, h, w) inputs and (n, 1, h, w) targets, got {tuple(inputs.shape)}, "
+            f"{tuple(targets.shape)}"
+        )
     x, y = geometry(inputs, targets, generator, options)
     if options.contrast:
         x = contrast(x, generator, options)
@@ -124,9 +134,10 @@ def geometry(
     grid = F.affine_grid(theta, list(both.shape), align_corners=False)
     out = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)
     out = out.clamp(0.0, 1.0)
-    return out[:, :1].contiguous(memory_format=torch.channels_last), out[:, 1:].contiguous(
-        memory_format=torch.channels_last
-    )
+    channels = inputs.shape[1]
+    return out[:, :channels].contiguous(memory_format=torch.channels_last), out[
+        :, channels:
+    ].contiguous(memory_format=torch.channels_last)
 
 
 def contrast(
@@ -156,13 +167,8 @@ def contrast(
     steps = -torch.log(torch.rand(n, k - 1, generator=generator).clamp_min(1e-6))
     knots = torch.cat([torch.zeros(n, 1), torch.cumsum(steps, dim=1)], dim=1)
     knots = (knots / knots[:, -1:]).to(device=device, dtype=dtype)
-    low = (x * (k - 1)).floor().clamp(0, k - 2)
-    frac = x * (k - 1) - low
-    index = low.long().view(n, -1)
-    below = torch.gather(knots, 1, index).view_as(x)
-    above = torch.gather(knots, 1, index + 1).view_as(x)
     blend = draw(options.max_curve_blend)
-    x = (1 - blend) * x + blend * (below + frac * (above - below))
+    x = (1 - blend) * x + blend * _piecewise_linear(x, knots, k - 1)
     # a smooth multiplicative bias field: a coarse random log field, upsampled
     cells = max(options.bias_cells, 2)
     coarse = torch.randn(n, 1, cells, cells, generator=generator).to(device=device, dtype=dtype)
@@ -189,9 +195,9 @@ def _piecewise_linear(x: torch.Tensor, ys: torch.Tensor, segments: int) -> torch
     position = (x * segments).clamp(0.0, segments - 1e-6)
     low = position.floor()
     frac = position - low
-    index = low.long().view(n, -1)
-    below = torch.gather(ys, 1, index).view_as(x)
-    above = torch.gather(ys, 1, index + 1).view_as(x)
+    index = low.long().reshape(n, -1)  # a copy where x is channels-last with several channels
+    below = torch.gather(ys, 1, index).view(x.shape)
+    above = torch.gather(ys, 1, index + 1).view(x.shape)
     return below + frac * (above - below)
 
 

@@ -3,7 +3,9 @@
 Each pair (MR and the CT registered onto its grid, both NIfTI) goes through the converter's own
 :func:`~bonect.converter.preprocess.prepare`; the CT is sampled onto the same model cube and
 scaled to the network's [0, 1] target over the manifest's HU range. Slices of all three planes
-whose head-mask fraction reaches a threshold are kept, as ``.npy`` files under
+whose head-mask fraction reaches a threshold are kept, each input with its ``context``
+neighbouring slices on either side as channels (the 2.5D input; context 0: one channel, 2D),
+as ``.npy`` files under
 ``root/<size>/<pair folder>/`` next to an ``index.json``. The index records the *cache key*, a
 SHA-256 over the inputs' contents and every parameter that shapes the slices; a folder is reused
 only when its key matches and its files are whole, and is otherwise rebuilt. Folders are written
@@ -31,7 +33,14 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
-from bonect.converter.preprocess import PLANE_AXIS, PREPROCESSING_VERSION, prepare, slices, to_cube
+from bonect.converter.preprocess import (
+    PLANE_AXIS,
+    PREPROCESSING_VERSION,
+    prepare,
+    slices,
+    to_cube,
+    with_neighbours,
+)
 from bonect.converter.volume import read_nifti
 from bonect.errors import SeriesError
 from bonect.hounsfield import AIR_HU
@@ -39,7 +48,8 @@ from bonect.registry import Manifest
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: inputs (n, channels, size, size), the slice and its neighbours
+MAX_CONTEXT = 3  # neighbouring slices on either side at most (config: trainer.context_slices)
 HU_MIN = float(Manifest.model_fields["hu_min"].default)
 HU_MAX = float(Manifest.model_fields["hu_max"].default)
 INDEX = "index.json"
@@ -63,7 +73,7 @@ class CachedPair:
     """The cached slices of one pair, memory-mapped read-only."""
 
     source: PairSource
-    inputs: F16  # (n, size, size) model input in [0, 1]
+    inputs: F16  # (n, channels, size, size) model input in [0, 1], the slice in the middle
     targets: F16  # (n, size, size) CT as the model target in [0, 1]
     planes: npt.NDArray[np.int8]  # (n,) plane of each slice: 0 axial, 1 coronal, 2 sagittal
     cache_key: str  # what the slices were made from (inputs' contents and parameters)
@@ -71,6 +81,11 @@ class CachedPair:
     @property
     def n_slices(self) -> int:
         return int(self.inputs.shape[0])
+
+    @property
+    def channels(self) -> int:
+        """Input channels: 2·context + 1 (the slice and its neighbours on either side)."""
+        return int(self.inputs.shape[1])
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled (for another training process) as the files of its maps, not their contents."""
@@ -118,6 +133,7 @@ def build_cache(
     size: int,
     *,
     min_head_fraction: float = 0.04,
+    context: int = 0,
     progress: bool = True,
 ) -> list[CachedPair]:
     """Cache every pair's slices under ``root/<size>/`` (reusing valid caches) and open them.
@@ -132,6 +148,9 @@ def build_cache(
         The model input size (the cube is ``size``³).
     min_head_fraction
         A slice is kept when at least this fraction of it lies inside the head mask.
+    context
+        Neighbouring slices (of the same plane) on either side stored with each input as
+        channels: inputs (n, 2·context + 1, size, size); 0 gives the 2D input of one channel.
     progress
         Show a progress bar over the pairs.
 
@@ -143,24 +162,27 @@ def build_cache(
     keys = [p.key for p in pairs]
     if len(set(keys)) != len(keys):
         raise ValueError("pair keys must be unique")
+    if not 0 <= context <= MAX_CONTEXT:
+        raise ValueError(f"context must lie between 0 and {MAX_CONTEXT}, got {context}")
     base = root / str(size)
     base.mkdir(parents=True, exist_ok=True)
     cached = []
     for source in tqdm(pairs, desc="slice cache", unit="pair", disable=not progress):
         folder = base / pair_folder(source.key)
         try:
-            key = cache_key(source, size, min_head_fraction)
+            key = cache_key(source, size, min_head_fraction, context)
         except OSError as exc:
             raise SeriesError(f"pair {source.key}: cannot read its inputs ({exc})") from exc
         try:
-            cached.append(_open(folder, source, key, size))
+            cached.append(_open(folder, source, key, size, context))
             continue
         except _Missing as exc:
             logger.info("caching %s (%s)", source.key, exc)
         except _Unusable as exc:
             logger.warning("cache of %s is unusable (%s); rebuilding it", source.key, exc)
-        _write(folder, _slices(source, size, min_head_fraction), key, source, size)
-        cached.append(_open(folder, source, key, size))
+        arrays = _slices(source, size, min_head_fraction, context)
+        _write(folder, arrays, key, source, size, context)
+        cached.append(_open(folder, source, key, size, context))
     return cached
 
 
@@ -178,7 +200,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(source: PairSource, size: int, min_head_fraction: float) -> str:
+def cache_key(source: PairSource, size: int, min_head_fraction: float, context: int = 0) -> str:
     """SHA-256 over the inputs' contents and every parameter that shapes the cached slices."""
     parts = {
         "format": CACHE_FORMAT,
@@ -188,18 +210,23 @@ def cache_key(source: PairSource, size: int, min_head_fraction: float) -> str:
         "preprocessing_version": PREPROCESSING_VERSION,
         "hu_range": [HU_MIN, HU_MAX],
         "min_head_fraction": min_head_fraction,
+        "context": context,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _slices(source: PairSource, size: int, min_head_fraction: float) -> dict[str, Any]:
+def _slices(
+    source: PairSource, size: int, min_head_fraction: float, context: int = 0
+) -> dict[str, Any]:
     prepared = prepare(read_nifti(source.mr), size)
     ct = to_cube(read_nifti(source.ct), prepared.cube, cval=AIR_HU)
     target = (np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
     inputs, targets, planes = [], [], []
     for plane, axis in PLANE_AXIS.items():
         keep = slices(prepared.cube_mask, plane).mean(axis=(1, 2)) >= min_head_fraction
-        inputs.append(slices(prepared.image, plane)[keep].astype(np.float16))
+        # neighbours from the whole stack: a kept slice's neighbour may itself be left out
+        stack = slices(prepared.image, plane)
+        inputs.append(with_neighbours(stack, context, np.flatnonzero(keep)).astype(np.float16))
         targets.append(slices(target, plane)[keep].astype(np.float16))
         planes.append(np.full(int(keep.sum()), axis, dtype=np.int8))
     if sum(len(p) for p in planes) == 0:
@@ -211,7 +238,9 @@ def _slices(source: PairSource, size: int, min_head_fraction: float) -> dict[str
     }
 
 
-def _write(folder: Path, arrays: dict[str, Any], key: str, source: PairSource, size: int) -> None:
+def _write(
+    folder: Path, arrays: dict[str, Any], key: str, source: PairSource, size: int, context: int
+) -> None:
     """Write into a temporary folder beside `folder`, then swap it in by renaming."""
     for prefix in (".tmp", ".old"):  # left by a build that was killed
         for stale in folder.parent.glob(f"{prefix}-{folder.name}-*"):
@@ -230,6 +259,7 @@ def _write(folder: Path, arrays: dict[str, Any], key: str, source: PairSource, s
             "key": key,
             "pair_key": source.key,
             "size": size,
+            "context": context,
             "preprocessing_version": PREPROCESSING_VERSION,
             "hu_range": [HU_MIN, HU_MAX],
             "slices": len(planes),
@@ -252,7 +282,7 @@ def _write(folder: Path, arrays: dict[str, Any], key: str, source: PairSource, s
         raise
 
 
-def _open(folder: Path, source: PairSource, key: str, size: int) -> CachedPair:
+def _open(folder: Path, source: PairSource, key: str, size: int, context: int) -> CachedPair:
     """Open a cache folder made for `key`, checking that it is whole."""
     index_path = folder / INDEX
     if not index_path.exists():
@@ -267,12 +297,17 @@ def _open(folder: Path, source: PairSource, key: str, size: int) -> CachedPair:
     if stored_key != key:
         raise _Missing("inputs or preprocessing changed")
     arrays: dict[str, Any] = {}
+    shapes = {
+        "inputs": (n, 2 * context + 1, size, size),
+        "targets": (n, size, size),
+        "planes": (n,),
+    }
     for name, dtype in _ARRAYS.items():
         try:
             array = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise _Unusable(f"{name}.npy unreadable: {exc}") from exc
-        shape = (n,) if name == "planes" else (n, size, size)
+        shape = shapes[name]
         if array.shape != shape or array.dtype != dtype:
             raise _Unusable(f"{name}.npy is {array.dtype}{array.shape}, expected {shape}")
         arrays[name] = array
@@ -300,10 +335,16 @@ class SliceIndex:
         self.pairs = tuple(pairs)
         counts = [p.n_slices for p in self.pairs]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        sizes = {p.inputs.shape[1:] for p in self.pairs if p.n_slices}
+        sizes = {p.inputs.shape[2:] for p in self.pairs if p.n_slices}
         if len(sizes) > 1:
             raise ValueError(f"cached pairs of different image sizes: {sorted(sizes)}")
-        self.shape: tuple[int, ...] = next(iter(sizes)) if sizes else (0, 0)
+        channels = {p.channels for p in self.pairs if p.n_slices}
+        if len(channels) > 1:
+            raise ValueError(
+                f"cached pairs of different input channels (context slices): {sorted(channels)}"
+            )
+        self.shape: tuple[int, ...] = next(iter(sizes)) if sizes else (0, 0)  # of one slice
+        self.channels: int = next(iter(channels)) if channels else 1  # of an input
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -314,7 +355,8 @@ class SliceIndex:
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def gather(self, indices: npt.NDArray[np.int64], out_inputs: F32, out_targets: F32) -> None:
-        """Copy slices (sorted first, for locality on disk) into float32 arrays (n, size, size).
+        """Copy slices (sorted first, for locality on disk) into float32 arrays: inputs
+        (n, channels, size, size), targets (n, size, size).
 
         The rows of the outputs follow the *sorted* indices.
         """
@@ -332,11 +374,13 @@ class SliceIndex:
     def load(
         self, indices: npt.NDArray[np.int64], *, pin: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets (n, 1, size, size) float32, rows in sorted index order."""
-        shape = (len(indices), 1, *self.shape)
-        x = torch.empty(shape, dtype=torch.float32, pin_memory=pin)
-        y = torch.empty(shape, dtype=torch.float32, pin_memory=pin)
-        self.gather(indices, x.numpy()[:, 0], y.numpy()[:, 0])
+        """Inputs (n, channels, size, size) and targets (n, 1, size, size), float32, rows in
+        sorted index order."""
+        x = torch.empty(
+            (len(indices), self.channels, *self.shape), dtype=torch.float32, pin_memory=pin
+        )
+        y = torch.empty((len(indices), 1, *self.shape), dtype=torch.float32, pin_memory=pin)
+        self.gather(indices, x.numpy(), y.numpy()[:, 0])
         return x, y
 
     def batches(

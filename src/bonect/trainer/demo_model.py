@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bonect.converter.model_folder import LoadedModel, load_model, save_model
 from bonect.converter.networks import LightUNet, count_parameters
-from bonect.converter.preprocess import PLANE_AXIS, prepare, slices, to_cube
+from bonect.converter.preprocess import PLANE_AXIS, prepare, slices, to_cube, with_neighbours
 from bonect.hounsfield import AIR_HU, HU_MAX, HU_MIN
 from bonect.phantom.generate import ORIENTATIONS, Acquisition, PhantomCase, generate_case
 from bonect.phantom.variation import FAMILY_NAMES, Family
@@ -54,8 +54,10 @@ def slice_pairs(
     *,
     family: Family = "wide",
     min_fraction: float = 0.04,
+    context: int = 0,
 ) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16]]:
-    """Model inputs and targets ([0, 1]) from phantom patients, three planes each."""
+    """Model inputs (n, 2·context + 1, size, size) and targets (n, size, size), in [0, 1],
+    from phantom patients, three planes each."""
     inputs, targets = [], []
     for i in tqdm(indices, desc="phantom patients", unit="patient"):
         case = phantom_case(seed, i, family)
@@ -64,8 +66,9 @@ def slice_pairs(
         target = (np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
         for plane in PLANE_AXIS:
             frac = slices(prepared.cube_mask, plane).mean(axis=(1, 2))
-            keep = frac >= min_fraction
-            inputs.append(slices(prepared.image, plane)[keep].astype(np.float16))
+            keep = np.flatnonzero(frac >= min_fraction)
+            stack = slices(prepared.image, plane)
+            inputs.append(with_neighbours(stack, context, keep).astype(np.float16))
             targets.append(slices(target, plane)[keep].astype(np.float16))
     return np.concatenate(inputs), np.concatenate(targets)
 
@@ -86,9 +89,9 @@ def _batches(n: int, batch: int, rng: np.random.Generator) -> list[npt.NDArray[n
 
 
 def _tensor(a: npt.NDArray[np.float16]) -> torch.Tensor:
-    return torch.from_numpy(a.astype(np.float32))[:, None].contiguous(
-        memory_format=torch.channels_last
-    )
+    """A batch as (n, c, h, w) float32, channels-last; (n, h, w) becomes one channel."""
+    t = torch.from_numpy(a.astype(np.float32))
+    return (t[:, None] if t.ndim == 3 else t).contiguous(memory_format=torch.channels_last)
 
 
 def train(
@@ -112,6 +115,7 @@ def train(
     init: Path | None = None,
     learning_rate: float = 1e-3,
     cosine: bool = True,
+    context: int = 0,
     command: str = "",
 ) -> Path:
     """Render, slice, fit, calibrate and save; returns the model folder."""
@@ -120,12 +124,15 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     train_idx = list(range(patients))
     val_idx = [patients]  # one held-out patient for early stopping
-    x_train, y_train = slice_pairs(seed, train_idx, size, family=family)
-    x_val, y_val = slice_pairs(seed, val_idx, size, family=family)
+    x_train, y_train = slice_pairs(seed, train_idx, size, family=family, context=context)
+    x_val, y_val = slice_pairs(seed, val_idx, size, family=family, context=context)
     pick = np.random.default_rng(seed + 1).permutation(len(x_val))[:val_slices]
     x_val, y_val = x_val[pick], y_val[pick]
     logger.info("%d training and %d validation slices", len(x_train), len(x_val))
-    net = LightUNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    arguments = {"base_filters": 16, "levels": 5}
+    if context > 0:  # the 2.5D input: the slice and its neighbours as channels
+        arguments["in_channels"] = 2 * context + 1
+    net = LightUNet(**arguments).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if init is not None:  # fine-tune a model already trained
         net.load_state_dict(load_model(init).network.state_dict())
     else:
@@ -188,7 +195,7 @@ def train(
         name="phantom-light-unet",
         version=datetime.now(UTC).strftime("%Y%m%d"),
         architecture="light_unet",
-        arguments={"base_filters": 16, "levels": 5},
+        arguments=arguments,
         input_size=size,
         hu_min=HU_MIN,
         hu_max=HU_MAX,
@@ -254,7 +261,7 @@ def _validate(
         difference = net(_tensor(x[i : i + batch])) - _tensor(y[i : i + batch])
         l1 += float(difference.abs().sum())
         l2 += float(difference.square().sum())
-    voxels = len(x) * x.shape[1] * x.shape[2]
+    voxels = y.size
     return float(l1 / voxels * (HU_MAX - HU_MIN)), float(l2 / voxels)
 
 
@@ -307,6 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--steps-per-epoch", type=int, default=None, help="batches per epoch (default: all)"
     )
+    parser.add_argument(
+        "--context-slices",
+        type=int,
+        choices=range(4),
+        default=0,
+        metavar="{0..3}",
+        help="neighbouring slices on either side as input channels (1: the 2.5D input of three "
+        "slices; 0: 2D)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     folder = train(
@@ -327,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         init=args.init,
         learning_rate=args.learning_rate,
         cosine=not args.constant_lr,
+        context=args.context_slices,
         command=" ".join(["python -m bonect.trainer.demo_model", *(argv or sys.argv[1:])]),
     )
     print(folder)

@@ -142,7 +142,7 @@ def as_method(result: TrainingResult, options: TrainingOptions, size: int) -> Lo
         name="candidate",
         version=result.run_dir.name,
         architecture=options.architecture,
-        arguments=dict(options.arguments),
+        arguments=options.network_arguments,
         input_size=size,
     )
     return LoadedModel(manifest=manifest, network=result.network.eval(), folder=result.run_dir)
@@ -170,7 +170,11 @@ class Experiment:
 
     def cached(self, states: Sequence[PairState]) -> list[CachedPair]:
         return build_cache(
-            self.cache_root, [s.source() for s in states], self.size, progress=self.progress
+            self.cache_root,
+            [s.source() for s in states],
+            self.size,
+            context=self.options.context_slices,
+            progress=self.progress,
         )
 
     def train_and_score(

@@ -63,6 +63,7 @@ def training_options(
         balance_sites=config.balance_sites,
         processes=processes,
         contrast_remap=config.contrast_remap,
+        context_slices=config.context_slices,
     )
 
 

@@ -38,6 +38,7 @@ from bonect.trainer.batch_augmentation import AugmentationOptions, augment, rand
 from bonect.trainer.cache import (
     HU_MAX,
     HU_MIN,
+    MAX_CONTEXT,
     CachedPair,
     SliceIndex,
     SliceSplit,
@@ -100,6 +101,7 @@ class TrainingOptions:
     balance_sites: bool = True  # epochs draw local and external slices in equal share
     processes: int = 1  # data-parallel ranks (parallel.py); batch_size stays the global batch
     contrast_remap: float = 0.0  # share of slices whose signal gets a random, non-monotone remap
+    context_slices: int = 0  # neighbours on either side as input channels (1: 2.5D); 0: 2D
 
     def __post_init__(self) -> None:
         problems = []
@@ -125,8 +127,32 @@ class TrainingOptions:
             problems.append(f"device {self.device!r} is not auto, cpu or cuda")
         if not 0.0 <= self.contrast_remap <= 1.0:
             problems.append("contrast_remap must lie between 0 and 1")
+        if not 0 <= self.context_slices <= MAX_CONTEXT:
+            problems.append(f"context_slices must lie between 0 and {MAX_CONTEXT}")
+        elif self.architecture == "vgg16_unet" and self.context_slices > 1:
+            problems.append("vgg16_unet takes at most context_slices 1 (3 input channels)")
+        channels = self.arguments.get("in_channels")
+        if channels is not None and channels != self.in_channels:
+            problems.append(
+                f"arguments' in_channels {channels} does not match context_slices "
+                f"{self.context_slices} ({self.in_channels} channels)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the network: the slice and its neighbours on either side."""
+        return 2 * self.context_slices + 1
+
+    @property
+    def network_arguments(self) -> dict[str, Any]:
+        """The arguments of :func:`build_model` and of the manifest: ``arguments``, with
+        ``in_channels`` for a 2.5D input (a 2D model's manifest stays as it was)."""
+        arguments = copy.deepcopy(self.arguments)
+        if self.context_slices > 0:
+            arguments["in_channels"] = self.in_channels
+        return arguments
 
 
 @dataclass(frozen=True)
@@ -178,6 +204,12 @@ def train(
     index = SliceIndex(pairs)
     if len(index) < 2:
         raise TrainingError(f"{len(pairs)} pairs with {len(index)} slices: nothing to train on")
+    if index.channels != options.in_channels:
+        raise TrainingError(
+            f"the cached inputs have {index.channels} channels, but context_slices "
+            f"{options.context_slices} needs {options.in_channels} (build the cache with "
+            f"context={options.context_slices})"
+        )
     try:
         device = pick_device(options.device)
     except RuntimeError as exc:
@@ -201,7 +233,7 @@ def train(
         reason = launch(
             _run_rank, arguments, processes=options.processes, device=device, threads=threads
         )
-        network = build_model(options.architecture, options.arguments)
+        network = build_model(options.architecture, options.network_arguments)
         state = _run_state(run_dir / CHECKPOINT, pairs, options, network)
     logger.info("stopped (%s); best epoch %d", reason, state.best_epoch)
     network.load_state_dict(state.best_weights)
@@ -287,7 +319,7 @@ def _run(
         torch.backends.cudnn.flags(enabled=True, benchmark=device.type == "cuda"),
     ):
         torch.manual_seed(options.seed)
-        network = build_model(options.architecture, options.arguments)
+        network = build_model(options.architecture, options.network_arguments)
         _start_head_at_mean(network, index, split.train, options.seed)
         if ranks.world > 1:
             network = batch_norm_over_ranks(network, device)
@@ -376,8 +408,8 @@ def _start_head_at_mean(network: nn.Module, index: SliceIndex, train: Indices, s
         return
     rng = np.random.default_rng([seed, 2])
     sample = np.sort(rng.choice(train, size=min(len(train), 512), replace=False))
-    x = np.empty((len(sample), *index.shape), np.float32)
-    y = np.empty_like(x)
+    x = np.empty((len(sample), index.channels, *index.shape), np.float32)
+    y = np.empty((len(sample), *index.shape), np.float32)
     index.gather(sample, x, y)
     mean = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
     with torch.no_grad():
@@ -496,7 +528,7 @@ def manifest_for(
         name=name,
         version=version,
         architecture=options.architecture,
-        arguments=copy.deepcopy(options.arguments),
+        arguments=options.network_arguments,
         input_size=size,
         hu_min=HU_MIN,
         hu_max=HU_MAX,
