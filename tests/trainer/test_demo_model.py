@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from bonect.converter.inference import predict_cube
@@ -46,3 +47,8 @@ def test_a_25d_demo_model_records_its_input_and_converts(tmp_path: Path) -> None
     prediction = predict_cube(model, image, ["axial", "sagittal"], device=torch.device("cpu"))
     assert prediction.hu.shape == (SIZE,) * 3
     assert np.isfinite(prediction.hu).all()
+
+
+def test_the_epoch_cannot_be_picked_without_a_validation_patient(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one validation patient"):
+        train(tmp_path / "model", patients=1, size=SIZE, validation_patients=0)

@@ -106,6 +106,7 @@ def train(
     max_minutes: float = 30.0,
     steps_per_epoch: int | None = None,
     val_slices: int = 96,
+    validation_patients: int = 1,
     family: Family = "wide",
     bone_weight: float = 1.0,
     l2_weight: float = 0.0,
@@ -119,14 +120,16 @@ def train(
     command: str = "",
 ) -> Path:
     """Render, slice, fit, calibrate and save; returns the model folder."""
+    if validation_patients < 1:
+        raise ValueError("at least one validation patient is needed to pick the epoch kept")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     train_idx = list(range(patients))
-    val_idx = [patients]  # one held-out patient for early stopping
+    val_idx = list(range(patients, patients + validation_patients))  # for the epoch kept
     x_train, y_train = slice_pairs(seed, train_idx, size, family=family, context=context)
     x_val, y_val = slice_pairs(seed, val_idx, size, family=family, context=context)
-    pick = np.random.default_rng(seed + 1).permutation(len(x_val))[:val_slices]
+    pick = np.random.default_rng(seed + 1).permutation(len(x_val))[: val_slices * len(val_idx)]
     x_val, y_val = x_val[pick], y_val[pick]
     logger.info("%d training and %d validation slices", len(x_train), len(x_val))
     arguments = {"base_filters": 16, "levels": 5}
@@ -224,7 +227,7 @@ def train(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     if calibration_patients > 0:
-        first = patients + 1  # after the training patients and the validation patient
+        first = patients + validation_patients  # after the training and validation patients
         cases = [phantom_case(seed, i, family) for i in range(first, first + calibration_patients)]
         calibration = calibrate_on(LoadedModel(manifest, net, out), cases)
         logger.info("3-plane spread calibrated: %s", calibration.as_dict())
@@ -301,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--calibration-patients", type=int, default=2, help="held-out patients for the threshold"
     )
     parser.add_argument(
+        "--validation-patients",
+        type=int,
+        default=1,
+        help="held-out patients whose slices (96 each) pick the epoch kept",
+    )
+    parser.add_argument(
         "--dark-curve",
         type=float,
         default=0.0,
@@ -340,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         augmentation=not args.no_augmentation,
         dark_probability=args.dark_curve,
         calibration_patients=args.calibration_patients,
+        validation_patients=args.validation_patients,
         init=args.init,
         learning_rate=args.learning_rate,
         cosine=not args.constant_lr,
