@@ -112,6 +112,7 @@ def train(
     l2_weight: float = 0.0,
     augmentation: bool = True,
     dark_probability: float = 0.0,
+    remap_probability: float = 0.0,
     calibration_patients: int = 2,
     init: Path | None = None,
     learning_rate: float = 1e-3,
@@ -151,7 +152,9 @@ def train(
     )
     best_state, best_val, history = copy.deepcopy(net.state_dict()), float("inf"), []
     best_objective = float("inf")
-    options = AugmentationOptions(dark_probability=dark_probability)
+    options = AugmentationOptions(
+        dark_probability=dark_probability, remap_probability=remap_probability
+    )
     started = time.monotonic()
     epoch = 0
     for epoch in range(1, epochs + 1):
@@ -315,6 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="share of slices whose signal below soft tissue gets a random monotone curve",
     )
+    parser.add_argument(
+        "--contrast-remap",
+        type=float,
+        default=0.0,
+        help="share of slices whose signal goes through a random, not necessarily monotone "
+        "curve (the product trainer's [trainer] contrast_remap)",
+    )
     parser.add_argument("--init", type=Path, default=None, help="model folder to fine-tune")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's, at the start")
     parser.add_argument(
@@ -348,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         l2_weight=args.l2_weight,
         augmentation=not args.no_augmentation,
         dark_probability=args.dark_curve,
+        remap_probability=args.contrast_remap,
         calibration_patients=args.calibration_patients,
         validation_patients=args.validation_patients,
         init=args.init,
