@@ -41,7 +41,7 @@ from bonect.converter.preprocess import (
     to_cube,
     with_neighbours,
 )
-from bonect.converter.volume import read_nifti
+from bonect.converter.volume import Volume, read_nifti
 from bonect.errors import SeriesError
 from bonect.hounsfield import AIR_HU
 from bonect.registry import Manifest
@@ -218,9 +218,24 @@ def cache_key(source: PairSource, size: int, min_head_fraction: float, context: 
 def _slices(
     source: PairSource, size: int, min_head_fraction: float, context: int = 0
 ) -> dict[str, Any]:
-    prepared = prepare(read_nifti(source.mr), size)
-    ct = to_cube(read_nifti(source.ct), prepared.cube, cval=AIR_HU)
-    target = (np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
+    arrays = plane_slices(
+        read_nifti(source.mr), read_nifti(source.ct), size, min_head_fraction, context
+    )
+    if len(arrays["planes"]) == 0:
+        logger.warning("%s: no slice reaches the head fraction %g", source.key, min_head_fraction)
+    return arrays
+
+
+def plane_slices(
+    mr: Volume, ct: Volume, size: int, min_head_fraction: float, context: int = 0
+) -> dict[str, Any]:
+    """An MR and its CT on the MR grid as training slices of the three planes: ``inputs``
+    (n, 2·context + 1, size, size) with each slice's neighbours from the whole plane,
+    ``targets`` (n, size, size) in [0, 1] over the manifest's HU range (float16 both), and
+    ``planes`` (n,); only slices whose head-mask fraction reaches ``min_head_fraction``."""
+    prepared = prepare(mr, size)
+    cube_ct = to_cube(ct, prepared.cube, cval=AIR_HU)
+    target = (np.clip(cube_ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
     inputs, targets, planes = [], [], []
     for plane, axis in PLANE_AXIS.items():
         keep = slices(prepared.cube_mask, plane).mean(axis=(1, 2)) >= min_head_fraction
@@ -229,8 +244,6 @@ def _slices(
         inputs.append(with_neighbours(stack, context, np.flatnonzero(keep)).astype(np.float16))
         targets.append(slices(target, plane)[keep].astype(np.float16))
         planes.append(np.full(int(keep.sum()), axis, dtype=np.int8))
-    if sum(len(p) for p in planes) == 0:
-        logger.warning("%s: no slice reaches the head fraction %g", source.key, min_head_fraction)
     return {
         "inputs": np.concatenate(inputs),
         "targets": np.concatenate(targets),

@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from bonect.converter.model_folder import LoadedModel, load_model, save_model
 from bonect.converter.networks import LightUNet, count_parameters
-from bonect.converter.preprocess import PLANE_AXIS, prepare, slices, to_cube, with_neighbours
-from bonect.hounsfield import AIR_HU, HU_MAX, HU_MIN
+from bonect.hounsfield import HU_MAX, HU_MIN
 from bonect.phantom.generate import ORIENTATIONS, Acquisition, PhantomCase, generate_case
 from bonect.phantom.variation import FAMILY_NAMES, Family
 from bonect.registry import Manifest, TrainingProvenance, read_manifest
 from bonect.trainer.batch_augmentation import AugmentationOptions, augment, random_windows
+from bonect.trainer.cache import plane_slices
 from bonect.trainer.losses import bone_weighted_l1
 from bonect.trainer.spread_calibration import SpreadCalibration, calibrate, spread_and_error
 from bonect.uncertainty import THRESHOLD_KEY
@@ -61,15 +61,9 @@ def slice_pairs(
     inputs, targets = [], []
     for i in tqdm(indices, desc="phantom patients", unit="patient"):
         case = phantom_case(seed, i, family)
-        prepared = prepare(case.mr, size)
-        ct = to_cube(case.ct_on_mr, prepared.cube, cval=AIR_HU)
-        target = (np.clip(ct, HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
-        for plane in PLANE_AXIS:
-            frac = slices(prepared.cube_mask, plane).mean(axis=(1, 2))
-            keep = np.flatnonzero(frac >= min_fraction)
-            stack = slices(prepared.image, plane)
-            inputs.append(with_neighbours(stack, context, keep).astype(np.float16))
-            targets.append(slices(target, plane)[keep].astype(np.float16))
+        arrays = plane_slices(case.mr, case.ct_on_mr, size, min_fraction, context)
+        inputs.append(arrays["inputs"])
+        targets.append(arrays["targets"])
     return np.concatenate(inputs), np.concatenate(targets)
 
 
