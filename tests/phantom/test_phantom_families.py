@@ -3,6 +3,7 @@ artefacts rendered, and the documented table the same as the code's."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,6 +22,7 @@ from bonect.phantom.shapes import Tissue
 from bonect.phantom.variation import (
     AGE_GROUPS,
     FAMILIES,
+    FAMILY_NAMES,
     RANDOM_CONTRAST,
     draw_acquisition,
     draw_appearance,
@@ -220,3 +222,33 @@ def test_the_cli_writes_a_shifted_patient_and_refuses_classic_petra(tmp_path: Pa
     assert refused.returncode != 0
     assert "PETRA" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "no").exists()
+
+
+def _family_choices(parser: argparse.ArgumentParser) -> dict[str, tuple[str, ...]]:
+    """Every ``--family`` option of ``parser``'s subcommands, by subcommand."""
+    found: dict[str, tuple[str, ...]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                for option in sub._actions:
+                    if option.dest == "family":
+                        found[name] = tuple(option.choices or ())
+    return found
+
+
+def test_every_family_option_offers_exactly_the_phantom_families() -> None:
+    """The CLIs spell the family names out (their ``--help`` imports no numpy), so a family
+    added to the phantom and forgotten in one of them fails here."""
+    from bonect.cli import build_parser as bonect_parser
+    from bonect.trainer.cli import build_parser as trainer_parser
+
+    found = {
+        f"bonect {name}": choices for name, choices in _family_choices(bonect_parser()).items()
+    }
+    found |= {
+        f"bonect-trainer {name}": choices
+        for name, choices in _family_choices(trainer_parser()).items()
+    }
+    assert set(found) >= {"bonect phantom", "bonect quality", "bonect-trainer import"}
+    for where, choices in found.items():
+        assert choices == FAMILY_NAMES, where
