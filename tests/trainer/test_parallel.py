@@ -19,7 +19,13 @@ from torch import nn
 from bonect.trainer.cache import CachedPair
 from bonect.trainer.cli import main as trainer_main
 from bonect.trainer.curves import EpochRecord
-from bonect.trainer.parallel import AllRanksBatchNorm, batch_norm_over_ranks, check_processes
+from bonect.trainer.parallel import (
+    AllRanksBatchNorm,
+    Ranks,
+    batch_norm_over_ranks,
+    check_processes,
+    launch,
+)
 from bonect.trainer.training import (
     CHECKPOINT,
     TrainingError,
@@ -150,6 +156,24 @@ def test_a_failing_process_is_one_line(
     with pytest.raises(TrainingError, match=r"^training process \d failed: TrainingError: ") as e:
         train(pairs, options, tmp_path, progress=False)
     assert "seed: 5 -> 9" in str(e.value) and "\n" not in str(e.value)
+
+
+def _greet(ranks: Ranks, device: torch.device, times: int) -> int:
+    for n in range(times):
+        logging.getLogger("bonect.test").warning("rank %d on %s: %d", ranks.rank, device, n)
+    return ranks.rank
+
+
+def test_every_rank_leaves_with_its_records_delivered() -> None:
+    """Ranks end without finalizing Python (gloo's threads abort it); all their records arrive."""
+    root, handler = logging.getLogger(), _Records()
+    root.addHandler(handler)
+    try:
+        assert launch(_greet, (2000,), processes=2, device=torch.device("cpu"), threads=1) == 0
+    finally:
+        root.removeHandler(handler)
+    messages = {r.getMessage() for r in handler.records if r.name == "bonect.test"}
+    assert messages == {f"rank {rank} on cpu: {n}" for rank in (0, 1) for n in range(2000)}
 
 
 def test_a_cached_pair_travels_as_the_files_it_maps(pairs: list[CachedPair]) -> None:

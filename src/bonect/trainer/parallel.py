@@ -21,12 +21,14 @@ own weights, a close approximation).
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -242,3 +244,22 @@ def _entry(
             results.put(result)
     finally:
         dist.destroy_process_group()
+    _leave(records)
+
+
+def _leave(records: Any) -> NoReturn:
+    """End a rank that finished: its log records sent, then out without finalizing Python.
+
+    A spawned process ends in ``sys.exit``, which finalizes the interpreter while gloo's worker
+    threads may still be releasing the last collective's tensors; a thread that then asks for
+    the GIL is unwound and the rank aborts (SIGABRT, "terminate called without an active
+    exception": about one run of the parallel tests in twelve here). Once the records are
+    flushed there is nothing left to finalize (the result went through a pipe already), so the
+    rank leaves the way a forked child does.
+    """
+    logging.getLogger().handlers.clear()
+    records.close()
+    records.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
