@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import bcrypt
-import httpx
+import httpx2
 import pytest
 
 from bonect.cli_boundary import EXIT_CONFIG
@@ -88,7 +88,7 @@ def test_the_server_serves_over_a_real_socket_and_stops(site: WebSite) -> None:
     server = WebServer.start(config, site.catalog, model_label=lambda: "test-model 1")
     try:
         assert server.url == f"http://127.0.0.1:{server.port}/"
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx2.Client(base_url=server.url, timeout=30) as client:
             assert client.get("/").status_code == 401
             page = client.get("/models", auth=(USER, PASSWORD))
             assert page.status_code == 200
@@ -97,5 +97,5 @@ def test_the_server_serves_over_a_real_socket_and_stops(site: WebSite) -> None:
     finally:
         server.stop()
     assert not server.thread.is_alive()
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(server.url, timeout=5)
+    with pytest.raises(httpx2.ConnectError):
+        httpx2.get(server.url, timeout=5)
