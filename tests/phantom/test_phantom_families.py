@@ -243,11 +243,9 @@ def test_every_family_option_offers_exactly_the_phantom_families() -> None:
     from bonect.trainer.cli import build_parser as trainer_parser
 
     found = {
-        f"bonect {name}": choices for name, choices in _family_choices(bonect_parser()).items()
-    }
-    found |= {
-        f"bonect-trainer {name}": choices
-        for name, choices in _family_choices(trainer_parser()).items()
+        f"{program} {name}": choices
+        for program, parser in (("bonect", bonect_parser()), ("bonect-trainer", trainer_parser()))
+        for name, choices in _family_choices(parser).items()
     }
     assert set(found) >= {"bonect phantom", "bonect quality", "bonect-trainer import"}
     for where, choices in found.items():
