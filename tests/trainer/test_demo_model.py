@@ -10,7 +10,7 @@ import torch
 
 from bonect.converter.inference import predict_cube
 from bonect.converter.model_folder import load_model
-from bonect.trainer.demo_model import slice_pairs, train
+from bonect.trainer.demo_model import main, slice_pairs, train
 
 SEED, SIZE = 5, 32
 
@@ -52,3 +52,34 @@ def test_a_25d_demo_model_records_its_input_and_converts(tmp_path: Path) -> None
 def test_the_epoch_cannot_be_picked_without_a_validation_patient(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one validation patient"):
         train(tmp_path / "model", patients=1, size=SIZE, validation_patients=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_training_on_a_missing_gpu_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "model"), "--device", "cuda"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no CUDA device is available" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_demo_model_trains_on_the_gpu_and_loads_on_the_cpu(tmp_path: Path) -> None:
+    folder = train(
+        tmp_path / "model",
+        seed=SEED,
+        patients=1,
+        size=SIZE,
+        epochs=2,
+        steps_per_epoch=2,
+        calibration_patients=1,
+        device="cuda",
+    )
+    model = load_model(folder, device=torch.device("cpu"))
+    assert "training on GPU " in model.manifest.description
+    assert next(model.network.parameters()).device.type == "cpu"
+    assert np.isfinite(model.manifest.metrics["validation_l1_hu"])

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bonect.converter.inference import pick_device
 from bonect.converter.model_folder import LoadedModel, load_model, save_model
 from bonect.converter.networks import LightUNet, count_parameters
 from bonect.hounsfield import HU_MAX, HU_MIN
@@ -111,12 +112,18 @@ def train(
     init: Path | None = None,
     learning_rate: float = 1e-3,
     cosine: bool = True,
+    device: str = "auto",
     context: int = 0,
     command: str = "",
 ) -> Path:
-    """Render, slice, fit, calibrate and save; returns the model folder."""
+    """Render, slice, fit, calibrate and save; returns the model folder.
+
+    The network trains on `device` (``auto``: CUDA when present); batches are cut and augmented
+    on the CPU from the seeded generators either way, so a run sees the same samples on both.
+    """
     if validation_patients < 1:
         raise ValueError("at least one validation patient is needed to pick the epoch kept")
+    target = pick_device(device)  # before rendering: a missing GPU is refused at once
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -139,6 +146,7 @@ def train(
         mean_target = float(np.clip(y_train.astype(np.float32).mean(), 1e-3, 1 - 1e-3))
         with torch.no_grad():
             net.head.bias.fill_(float(np.log(mean_target / (1 - mean_target))))
+    net.to(target)
     optimiser = torch.optim.Adam(net.parameters(), lr=learning_rate)
     per_epoch = min(math.ceil(len(x_train) / batch), steps_per_epoch or len(x_train))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -161,6 +169,7 @@ def train(
                 x, y = augment(x, y, generator, options)
             elif rng.random() < 0.5:  # left-right flip
                 x, y = x.flip(-1), y.flip(-1)
+            x, y = x.to(target, non_blocking=True), y.to(target, non_blocking=True)
             prediction = net(x)
             loss = bone_weighted_l1(prediction, y, bone_weight)
             if l2_weight > 0:  # L2 predicts the mean where L1 predicts the median
@@ -170,7 +179,7 @@ def train(
             optimiser.step()
             schedule.step()
             losses.append(float(loss.detach()) * (HU_MAX - HU_MIN))
-        val, val_l2 = _validate(net, x_val, y_val, batch)
+        val, val_l2 = _validate(net, x_val, y_val, batch, target)
         history.append((epoch, float(np.mean(losses)), val))
         logger.info("epoch %d: train L1 %.1f HU, validation L1 %.1f HU", *history[-1])
         # keep the epoch best by the loss trained on: with L2 in it, not L1 alone
@@ -207,7 +216,7 @@ def train(
                 if family == "classic"
                 else "ZTE, UTE and black-bone GRE, randomised scanners, anatomy and acquisitions"
             )
-            + f"; {time.monotonic() - started:.0f} s of training on {describe_device()})"
+            + f"; {time.monotonic() - started:.0f} s of training on {describe_device(target)})"
             + history_note
             + "; for the demo and the tests. NOT FOR CLINICAL USE."
         ),
@@ -232,7 +241,7 @@ def train(
         metrics[THRESHOLD_KEY] = round(calibration.threshold_hu, 1)
         metrics["uncertainty_auc"] = round(calibration.auc, 3)
         manifest = manifest.model_copy(update={"metrics": metrics})
-    return save_model(out, manifest, net)
+    return save_model(out, manifest, net.to("cpu"))  # weights any machine loads
 
 
 def calibrate_on(model: LoadedModel, cases: Sequence[PhantomCase]) -> SpreadCalibration:
@@ -245,20 +254,27 @@ def calibrate_on(model: LoadedModel, cases: Sequence[PhantomCase]) -> SpreadCali
     return calibrate(spreads, errors)
 
 
-def describe_device() -> str:
-    """The CPU this ran on, for the manifest's CPU budget."""
+def describe_device(device: torch.device) -> str:
+    """What the training ran on, for the manifest's budget: the GPU, or the CPU's threads."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}"
     return f"{torch.get_num_threads()} CPU thread(s), {platform.processor() or platform.machine()}"
 
 
 @torch.inference_mode()
 def _validate(
-    net: torch.nn.Module, x: npt.NDArray[np.float16], y: npt.NDArray[np.float16], batch: int
+    net: torch.nn.Module,
+    x: npt.NDArray[np.float16],
+    y: npt.NDArray[np.float16],
+    batch: int,
+    device: torch.device,
 ) -> tuple[float, float]:
     """Validation L1 in HU and L2 in the network's units."""
     net.eval()
     l1 = l2 = 0.0
     for i in range(0, len(x), batch):
-        difference = net(_tensor(x[i : i + batch])) - _tensor(y[i : i + batch])
+        rows = slice(i, i + batch)
+        difference = net(_tensor(x[rows]).to(device)) - _tensor(y[rows]).to(device)
         l1 += float(difference.abs().sum())
         l2 += float(difference.square().sum())
     voxels = y.size
@@ -336,7 +352,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="neighbouring slices on either side as input channels (1: the 2.5D input of three "
         "slices; 0: 2D)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the network trains (auto: CUDA when present, else the CPU)",
+    )
     args = parser.parse_args(argv)
+    try:
+        pick_device(args.device)
+    except RuntimeError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     folder = train(
         args.out,
@@ -358,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         init=args.init,
         learning_rate=args.learning_rate,
         cosine=not args.constant_lr,
+        device=args.device,
         context=args.context_slices,
         command=" ".join(["python -m bonect.trainer.demo_model", *(argv or sys.argv[1:])]),
     )
