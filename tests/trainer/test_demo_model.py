@@ -28,6 +28,13 @@ def test_the_25d_slices_are_the_2d_slices_with_their_neighbours() -> None:
     np.testing.assert_array_equal(wide[2:10, 2], flat[3:11, 0])
 
 
+def test_patients_rendered_in_several_processes_are_the_same_slices() -> None:
+    one = slice_pairs(SEED, [0, 1, 2], SIZE, context=1)
+    three = slice_pairs(SEED, [0, 1, 2], SIZE, context=1, workers=3)
+    for a, b in zip(one, three, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_25d_demo_model_records_its_input_and_converts(tmp_path: Path) -> None:
     folder = train(
         tmp_path / "model",

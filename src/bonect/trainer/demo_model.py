@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import logging
 import math
+import multiprocessing
 import platform
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,16 +59,33 @@ def slice_pairs(
     family: Family = "wide",
     min_fraction: float = 0.04,
     context: int = 0,
+    workers: int = 1,
 ) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16]]:
     """Model inputs (n, 2·context + 1, size, size) and targets (n, size, size), in [0, 1],
-    from phantom patients, three planes each."""
-    inputs, targets = [], []
-    for i in tqdm(indices, desc="phantom patients", unit="patient"):
-        case = phantom_case(seed, i, family)
-        arrays = plane_slices(case.mr, case.ct_on_mr, size, min_fraction, context)
-        inputs.append(arrays["inputs"])
-        targets.append(arrays["targets"])
-    return np.concatenate(inputs), np.concatenate(targets)
+    from phantom patients, three planes each.
+
+    With `workers` > 1 the patients render in that many processes; each patient is drawn from
+    (seed, index) alone, so the arrays are the same as from one.
+    """
+    render = functools.partial(
+        _patient_slices, seed, family=family, size=size, min_fraction=min_fraction, context=context
+    )
+    progress = functools.partial(tqdm, total=len(indices), desc="phantom patients", unit="patient")
+    if workers <= 1 or len(indices) <= 1:
+        pairs = list(progress(map(render, indices)))
+    else:
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process with torch threads
+        with ProcessPoolExecutor(min(workers, len(indices)), mp_context=spawn) as pool:
+            pairs = list(progress(pool.map(render, indices)))
+    return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
+
+
+def _patient_slices(
+    seed: int, index: int, *, family: Family, size: int, min_fraction: float, context: int
+) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16]]:
+    case = phantom_case(seed, index, family)
+    arrays = plane_slices(case.mr, case.ct_on_mr, size, min_fraction, context)
+    return arrays["inputs"], arrays["targets"]
 
 
 def phantom_case(seed: int, index: int, family: Family) -> PhantomCase:
@@ -113,6 +133,7 @@ def train(
     learning_rate: float = 1e-3,
     cosine: bool = True,
     device: str = "auto",
+    workers: int = 1,
     context: int = 0,
     command: str = "",
 ) -> Path:
@@ -129,8 +150,11 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     train_idx = list(range(patients))
     val_idx = list(range(patients, patients + validation_patients))  # for the epoch kept
-    x_train, y_train = slice_pairs(seed, train_idx, size, family=family, context=context)
-    x_val, y_val = slice_pairs(seed, val_idx, size, family=family, context=context)
+    render = functools.partial(
+        slice_pairs, seed, size=size, family=family, context=context, workers=workers
+    )
+    x_train, y_train = render(train_idx)
+    x_val, y_val = render(val_idx)
     pick = np.random.default_rng(seed + 1).permutation(len(x_val))[: val_slices * len(val_idx)]
     x_val, y_val = x_val[pick], y_val[pick]
     logger.info("%d training and %d validation slices", len(x_train), len(x_val))
@@ -358,7 +382,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="where the network trains (auto: CUDA when present, else the CPU)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that render the phantom patients (the same data from any number)",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers: must be at least 1, got {args.workers}")
     try:
         pick_device(args.device)
     except RuntimeError as error:
@@ -385,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         learning_rate=args.learning_rate,
         cosine=not args.constant_lr,
         device=args.device,
+        workers=args.workers,
         context=args.context_slices,
         command=" ".join(["python -m bonect.trainer.demo_model", *(argv or sys.argv[1:])]),
     )
