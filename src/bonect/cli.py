@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument(
         "--model", type=Path, default=None, help="model folder (default: the bundled model)"
     )
+    quality.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     quality.add_argument(
         "--out", type=Path, default=Path("quality-output"), help="default: ./quality-output"
     )
@@ -177,10 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quality(args: argparse.Namespace) -> int:
     from bonect.cohort_quality import evaluate_cohort, write_quality
+    from bonect.converter.inference import pick_device
     from bonect.converter.model_folder import load_model
     from bonect.demo import bundled_model
 
-    model = load_model(args.model or bundled_model(), precision=args.precision)
+    model = load_model(
+        args.model or bundled_model(), device=pick_device(args.device), precision=args.precision
+    )
     result = evaluate_cohort(
         model,
         args.family,

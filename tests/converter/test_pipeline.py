@@ -268,3 +268,16 @@ def test_convert_on_cuda_matches_the_cpu(phantom_case: PhantomCase, tiny_model: 
     cuda = torch.device("cuda")
     on_gpu = convert(phantom_case.mr, load_model(tiny_model, device=cuda), device=cuda)
     assert float(np.abs(on_gpu.sct.array - on_cpu.sct.array).max()) <= 5.0
+
+
+@pytest.mark.gpu
+@gpu
+def test_a_model_on_the_cpu_converts_there_on_a_gpu_machine(
+    phantom_case: PhantomCase, tiny_model: Path
+) -> None:
+    """No device named: the network runs where its weights are (CUDA input to CPU weights
+    would fail)."""
+    model = load_model(tiny_model, device=CPU)
+    conversion = convert(phantom_case.mr, model)
+    assert np.isfinite(conversion.sct.array).all()
+    assert next(model.network.parameters()).device.type == "cpu"

@@ -13,7 +13,7 @@ import torch
 
 from bonect.config import Precision
 from bonect.converter.classical import ClassicalParameters, classical_sct
-from bonect.converter.inference import pick_device, predict_cube
+from bonect.converter.inference import predict_cube
 from bonect.converter.model_folder import LoadedModel, load_model
 from bonect.converter.preprocess import from_cube, prepare
 from bonect.converter.volume import Volume
@@ -109,7 +109,8 @@ def convert(
     """Return a synthetic CT (float32 HU, air outside the head) on the grid of `mr`.
 
     ``uncertainty=False`` skips mapping the between-plane spread back onto the MR grid (about
-    as costly as mapping the sCT) for callers that do not keep it.
+    as costly as mapping the sCT) for callers that do not keep it. The network runs on `device`,
+    by default where its weights are (a model loaded on the CPU stays there on a GPU machine).
     """
     if isinstance(method, Classical):
         return Conversion(sct=classical_sct(mr, method.parameters), uncertainty=None)
@@ -120,7 +121,7 @@ def convert(
         prepared.image,
         planes,
         batch_size=batch_size,
-        device=device or pick_device("auto"),
+        device=device,
         progress=progress,
     )
     hu = from_cube(pred.hu, prepared.cube, mr, cval=AIR_HU)
