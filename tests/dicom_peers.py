@@ -5,9 +5,9 @@ Nagle's algorithm on otherwise, which costs 10-80x on loopback (see FIELD-NOTES.
 
 * :func:`storescu` and :func:`echoscu` run the DCMTK tools against a port and return the
   completed process (exit code, output); they never raise on a DICOM failure. They are looked
-  up on the PATH outside this Python's own ``bin`` folder (:func:`peer_program`): pynetdicom
-  installs Python apps of the same names into a virtual environment, and an activated one
-  would otherwise put them first.
+  up on the PATH skipping Python scripts (:func:`peer_program`): pynetdicom installs Python
+  apps of the same names into every virtual environment, and an activated one (this checkout's
+  or another's) would otherwise put them first.
 * :class:`OrthancServer` starts Debian's ``Orthanc`` on free DICOM and HTTP ports with its own
   storage and configuration in a temporary folder, and reads what it stored over its REST API.
 """
@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -32,12 +31,19 @@ LOCALHOST = "127.0.0.1"
 
 
 def peer_program(program: str) -> str | None:
-    """The path of the real peer ``program`` on the PATH, skipping this Python's ``bin`` folder
-    (where pynetdicom's same-named ``storescu``/``echoscu`` apps are installed); or None."""
-    own = Path(sys.executable).parent.resolve()
-    folders = os.environ.get("PATH", "").split(os.pathsep)
-    path = os.pathsep.join(f for f in folders if f and Path(f).resolve() != own)
-    return shutil.which(program, path=path)
+    """The path of the real peer ``program`` on the PATH, skipping Python scripts (pynetdicom's
+    same-named ``storescu``/``echoscu`` apps, in any virtual environment's ``bin``); or None."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which(program, path=folder) if folder else None
+        if found is not None and not _python_script(Path(found)):
+            return found
+    return None
+
+
+def _python_script(path: Path) -> bool:
+    with path.open("rb") as file:
+        first = file.readline(256)
+    return first.startswith(b"#!") and b"python" in first
 
 
 def have(program: str) -> bool:

@@ -21,7 +21,6 @@ from bonect.trainer.cli import main as trainer_main
 from bonect.trainer.curves import EpochRecord
 from bonect.trainer.parallel import (
     AllRanksBatchNorm,
-    Ranks,
     batch_norm_over_ranks,
     check_processes,
     launch,
@@ -33,6 +32,7 @@ from bonect.trainer.training import (
     TrainingResult,
     train,
 )
+from rank_targets import greet
 
 # 1-process and 2-process runs differ only in the order of floating-point sums (batch norm over
 # both ranks, the same augmented batches, gradients of the whole batch), which Adam's steps then
@@ -158,18 +158,12 @@ def test_a_failing_process_is_one_line(
     assert "seed: 5 -> 9" in str(e.value) and "\n" not in str(e.value)
 
 
-def _greet(ranks: Ranks, device: torch.device, times: int) -> int:
-    for n in range(times):
-        logging.getLogger("bonect.test").warning("rank %d on %s: %d", ranks.rank, device, n)
-    return ranks.rank
-
-
 def test_every_rank_leaves_with_its_records_delivered() -> None:
     """Ranks end without finalizing Python (gloo's threads abort it); all their records arrive."""
     root, handler = logging.getLogger(), _Records()
     root.addHandler(handler)
     try:
-        assert launch(_greet, (2000,), processes=2, device=torch.device("cpu"), threads=1) == 0
+        assert launch(greet, (2000,), processes=2, device=torch.device("cpu"), threads=1) == 0
     finally:
         root.removeHandler(handler)
     messages = {r.getMessage() for r in handler.records if r.name == "bonect.test"}
