@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -32,7 +33,8 @@ from dicom_validation import dciodvfy_errors
 
 BONECT = Path(sys.executable).parent / "bonect"
 WORKERS = 4
-SUBCOMMANDS = ("convert", "phantom", "demo")
+SUBCOMMANDS = ("convert", "phantom", "demo", "quality")
+CUDA = torch.cuda.is_available()
 # A record of bonect.logs.configure_logging ("12:34:56 INFO bonect: ..."); anything else a user
 # reads on stderr is the command's own message.
 LOG_RECORD = re.compile(r"^(\d\d:\d\d:\d\d )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
@@ -390,6 +392,16 @@ def test_bad_input_is_one_line_and_an_exit_code(runs: Runs, work: Work, case: st
     assert messages[0].startswith("bonect: error:"), run
     assert expected in messages[0]
     assert not (work.root / str(args[2])).exists()  # nothing written
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal without CUDA")
+def test_a_missing_gpu_is_one_line_and_an_exit_code(work: Work) -> None:
+    run = bonect("quality", "--device", "cuda", "--out", "quality-gpu", cwd=work.root)
+    assert run.returncode == 1, run
+    assert run.messages() == [
+        "bonect: error: device 'cuda' requested but no CUDA device is available"
+    ], run
+    assert not (work.root / "quality-gpu").exists()
 
 
 def test_bad_config_exits_78(runs: Runs, work: Work) -> None:

@@ -41,6 +41,13 @@ class ModelError(PermanentError):
     """A model folder is missing, malformed, or its weights do not fit its manifest."""
 
 
+class DeviceError(PermanentError, RuntimeError):
+    """The compute device asked for is not there (``cuda`` on a machine without a GPU).
+
+    Also a :class:`RuntimeError`, what PyTorch raises for the same, for the callers that
+    already catch that."""
+
+
 class ConversionError(PermanentError):
     """The conversion of a usable series failed."""
 

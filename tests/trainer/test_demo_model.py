@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,19 @@ def test_the_25d_slices_are_the_2d_slices_with_their_neighbours() -> None:
     np.testing.assert_array_equal(wide[2:10, 2], flat[3:11, 0])
 
 
+def _train_tiny(folder: Path, **changes: Any) -> Path:
+    """A demo model of one 32³ patient and two batches, with `changes` to the defaults."""
+    options: dict[str, Any] = {
+        "seed": SEED,
+        "patients": 1,
+        "size": SIZE,
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "calibration_patients": 0,
+    }
+    return train(folder, **(options | changes))
+
+
 def test_patients_rendered_in_several_processes_are_the_same_slices() -> None:
     one = slice_pairs(SEED, [0, 1, 2], SIZE, context=1)
     three = slice_pairs(SEED, [0, 1, 2], SIZE, context=1, workers=3)
@@ -36,16 +50,7 @@ def test_patients_rendered_in_several_processes_are_the_same_slices() -> None:
 
 
 def test_a_25d_demo_model_records_its_input_and_converts(tmp_path: Path) -> None:
-    folder = train(
-        tmp_path / "model",
-        seed=SEED,
-        patients=1,
-        size=SIZE,
-        epochs=1,
-        steps_per_epoch=2,
-        calibration_patients=0,
-        context=1,
-    )
+    folder = _train_tiny(tmp_path / "model", context=1)
 
     model = load_model(folder)
     assert model.manifest.arguments["in_channels"] == 3
@@ -76,16 +81,7 @@ def test_training_on_a_missing_gpu_is_refused_before_any_work(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_demo_model_trains_on_the_gpu_and_loads_on_the_cpu(tmp_path: Path) -> None:
-    folder = train(
-        tmp_path / "model",
-        seed=SEED,
-        patients=1,
-        size=SIZE,
-        epochs=2,
-        steps_per_epoch=2,
-        calibration_patients=1,
-        device="cuda",
-    )
+    folder = _train_tiny(tmp_path / "model", epochs=2, calibration_patients=1, device="cuda")
     model = load_model(folder, device=torch.device("cpu"))
     assert "training on GPU " in model.manifest.description
     assert next(model.network.parameters()).device.type == "cpu"

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from bonect.config import Precision
 from bonect.converter.model_folder import LoadedModel
 from bonect.converter.preprocess import set_resample_threads, slices, unslice, with_neighbours
+from bonect.errors import DeviceError
 
 logger = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
@@ -26,7 +27,7 @@ def pick_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+        raise DeviceError("device 'cuda' requested but no CUDA device is available")
     return torch.device(spec)
 
 

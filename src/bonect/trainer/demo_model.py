@@ -38,6 +38,7 @@ from tqdm import tqdm
 from bonect.converter.inference import pick_device
 from bonect.converter.model_folder import LoadedModel, load_model, save_model
 from bonect.converter.networks import LightUNet, count_parameters
+from bonect.errors import DeviceError
 from bonect.hounsfield import HU_MAX, HU_MIN
 from bonect.phantom.generate import ORIENTATIONS, Acquisition, PhantomCase, generate_case
 from bonect.phantom.variation import FAMILY_NAMES, Family
@@ -393,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--workers: must be at least 1, got {args.workers}")
     try:
         pick_device(args.device)
-    except RuntimeError as error:
+    except DeviceError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     folder = train(
