@@ -11,7 +11,8 @@ import torch
 
 from bonect.converter.inference import predict_cube
 from bonect.converter.model_folder import load_model
-from bonect.trainer.demo_model import main, slice_pairs, train
+from bonect.trainer.demo_model import main, train
+from bonect.trainer.phantom_slices import slice_pairs
 
 SEED, SIZE = 5, 32
 
