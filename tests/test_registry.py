@@ -23,6 +23,7 @@ from bonect.registry import (
     Pointer,
     RegistryError,
     TrainingProvenance,
+    input_channels,
     promote,
     promoted_model,
     promoted_name,
@@ -63,6 +64,14 @@ def test_importing_the_registry_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("context", [0, 1, 2, 3])
+def test_the_manifest_reads_back_the_context_its_input_channels_came_from(context: int) -> None:
+    arguments = {"in_channels": input_channels(context)} if context else {}  # 2D: left out
+    manifest = Manifest(name="a", version="1", architecture="x", input_size=16, arguments=arguments)
+    assert manifest.context_slices == context
+    assert input_channels(context) == 2 * context + 1  # the slice and its neighbours
 
 
 def test_the_manifest_default_is_the_converters_preprocessing() -> None:

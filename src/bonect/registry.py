@@ -75,6 +75,12 @@ class _Scalable(Protocol):
 _T = TypeVar("_T", bound=_Scalable)
 
 
+def input_channels(context_slices: int) -> int:
+    """The network's input channels for `context_slices` neighbours on either side of a slice
+    (0: 2D, one channel; 1: the 2.5D input of three); :attr:`Manifest.context_slices` inverts it."""
+    return 2 * context_slices + 1
+
+
 class Manifest(BaseModel, frozen=True, extra="forbid"):
     """What a model folder holds; enough to rebuild, run and judge the model."""
 

@@ -44,7 +44,7 @@ from bonect.converter.preprocess import (
 from bonect.converter.volume import Volume, read_nifti
 from bonect.errors import SeriesError
 from bonect.hounsfield import AIR_HU
-from bonect.registry import Manifest
+from bonect.registry import Manifest, input_channels
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def _open(folder: Path, source: PairSource, key: str, size: int, context: int) -
         raise _Missing("inputs or preprocessing changed")
     arrays: dict[str, Any] = {}
     shapes = {
-        "inputs": (n, 2 * context + 1, size, size),
+        "inputs": (n, input_channels(context), size, size),
         "targets": (n, size, size),
         "planes": (n,),
     }

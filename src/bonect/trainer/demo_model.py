@@ -40,7 +40,7 @@ from bonect.errors import DeviceError
 from bonect.hounsfield import HU_MAX, HU_MIN
 from bonect.phantom.generate import PhantomCase
 from bonect.phantom.variation import FAMILY_NAMES, Family
-from bonect.registry import Manifest, TrainingProvenance, read_manifest
+from bonect.registry import Manifest, TrainingProvenance, input_channels, read_manifest
 from bonect.trainer.batch_augmentation import AugmentationOptions, augment, random_windows
 from bonect.trainer.losses import bone_weighted_l1
 from bonect.trainer.phantom_slices import phantom_case, slice_pairs
@@ -112,7 +112,7 @@ def train(
     logger.info("%d training and %d validation slices", len(x_train), len(x_val))
     arguments = {"base_filters": 16, "levels": 5}
     if context > 0:  # the 2.5D input: the slice and its neighbours as channels
-        arguments["in_channels"] = 2 * context + 1
+        arguments["in_channels"] = input_channels(context)
     net = LightUNet(**arguments).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if init is not None:  # fine-tune a model already trained
         net.load_state_dict(load_model(init).network.state_dict())

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from bonect.converter.inference import pick_device
 from bonect.converter.networks import ARCHITECTURES, build_model, count_parameters
-from bonect.registry import Manifest, TrainingProvenance
+from bonect.registry import Manifest, TrainingProvenance, input_channels
 from bonect.trainer.batch_augmentation import AugmentationOptions, augment, random_windows
 from bonect.trainer.cache import (
     HU_MAX,
@@ -143,7 +143,7 @@ class TrainingOptions:
     @property
     def in_channels(self) -> int:
         """Input channels of the network: the slice and its neighbours on either side."""
-        return 2 * self.context_slices + 1
+        return input_channels(self.context_slices)
 
     @property
     def network_arguments(self) -> dict[str, Any]:
