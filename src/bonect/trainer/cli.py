@@ -48,12 +48,8 @@ def _check_nproc(config: Config, processes: int) -> None:
     from bonect.converter.inference import pick_device
     from bonect.trainer.parallel import check_processes
 
-    if processes > 1:
-        try:
-            device = pick_device(config.trainer.device)
-        except RuntimeError as exc:
-            raise BonectError(str(exc)) from exc
-        check_processes(processes, device)
+    if processes > 1:  # a missing GPU is a DeviceError, one line like any BonectError
+        check_processes(processes, pick_device(config.trainer.device))
 
 
 def _image_size(text: str) -> int:
