@@ -13,8 +13,11 @@ import contextlib
 import logging
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -23,13 +26,15 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from bonect.daemon.incoming import RECEIVING, receive_into
 from bonect.daemon.receive import OUT_OF_RESOURCES, SUCCESS
-from daemon.scp_support import ScpNode, StartNode, associate
-from dicom_peers import have, storescu
+from bonect.dicom.header import InstanceHeader
+from daemon.scp_support import RecordingSink, ScpNode, StartNode, associate
+from dicom_peers import dcmsend, have, storescu
 from series_factory import make_mr_series, write_series
 
 MB = 1024 * 1024
 FRAME = 1024 * 1024 * 2  # one 1024 x 1024 frame of 16-bit pixels
 needs_storescu = pytest.mark.skipif(not have("storescu"), reason="needs DCMTK storescu")
+needs_dcmsend = pytest.mark.skipif(not have("dcmsend"), reason="needs DCMTK dcmsend")
 
 
 @pytest.fixture
@@ -159,6 +164,43 @@ def test_a_dataset_far_over_the_limit_is_aborted_with_memory_and_disk_bounded(
     assert rise < 40 * MB, f"the node's RSS rose by {rise / MB:.0f} MB for a 200 MB data set"
     (line,) = [r.getMessage() for r in caplog.records if "association aborted" in r.getMessage()]
     assert "a data set passed 40 MB" in line  # stopped at twice the limit: disk use bounded too
+
+
+@dataclass
+class HoldingSink(RecordingSink):
+    """A sink that holds the first instance (its C-STORE unanswered) until ``release`` is set:
+    a catalog slower than the sender's response timeout."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def record(self, header: InstanceHeader, path: Path, **kwargs: Any) -> None:
+        if not self.records:
+            self.release.wait(60)
+        super().record(header, path, **kwargs)
+
+
+@needs_dcmsend
+def test_data_sets_queued_behind_an_unanswered_one_leave_no_file_when_the_peer_gives_up(
+    start_node: StartNode, streamed_to: Path, tmp_path: Path
+) -> None:
+    """DCMTK ``dcmsend`` keeps its association after a response timeout and sends the next
+    files on it: they arrive whole and wait behind the unanswered one. When the peer gives up,
+    no handler will ever see them, and pynetdicom does not delete their files."""
+    node = start_node(sink=HoldingSink())
+    sink = node.sink
+    assert isinstance(sink, HoldingSink)
+    files = write_series(make_mr_series((3, 32, 32)), tmp_path / "mr")
+    try:
+        # -nh: on to the next file after a failure; the release waits behind the held
+        # instance too, so a short ACSE timeout ends it, and dcmsend closes the connection
+        timeouts = ["--dimse-timeout", "1", "--acse-timeout", "2"]
+        sent = dcmsend(node.server.port, files, extra_args=["--no-halt", *timeouts])
+    finally:
+        sink.release.set()
+    assert sent.stderr.count("Failed receiving DIMSE response") == 3, sent.stderr
+    assert node.server.join_associations(timeout=30)
+    assert len(sink.records) == 1  # the first arrived whole before the peer gave up
+    assert list(streamed_to.iterdir()) == []  # the two queued behind it are gone
 
 
 def test_the_daemon_streams_into_its_storage_folder_and_clears_what_a_kill_left(

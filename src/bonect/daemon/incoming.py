@@ -13,8 +13,9 @@ context, then the data set exactly as received). Facts about pynetdicom 3.0.4 th
   in a ``/tmp`` that may be memory (a tmpfs, as on Debian 13);
 * pynetdicom closes and deletes it after the handler returned (a file the archive renamed away
   is simply gone by then);
-* a data set cut short (A-ABORT, lost connection) is left behind: :class:`DatasetGuard` removes
-  it when the connection closes;
+* a data set cut short (A-ABORT, lost connection) is left behind, and so is one received whole
+  but still queued behind a handler when the association ended: :class:`DatasetGuard` removes
+  both when the connection closes;
 * the whole data set is on disk before the handler runs: a peer cannot be answered a status
   earlier, only aborted. :class:`DatasetGuard` counts the data-set bytes of every incoming PDU
   and aborts an association whose data set passes ``abort_bytes``, so one association never
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import tempfile
 import threading
 import weakref
@@ -123,7 +125,8 @@ def _dataset_path(event: Event) -> Path | None:
 
 class DatasetGuard:
     """Per association: abort one whose C-STORE data set grows past ``abort_bytes``, and remove
-    the temporary file of a data set cut short. Its methods are pynetdicom event handlers."""
+    the temporary files of data sets no handler will see (cut short, or queued when the
+    association ended). Its methods are pynetdicom event handlers."""
 
     def __init__(self, abort_bytes: int, *, on_abort: Callable[[Association, int], None]) -> None:
         """Abort past ``abort_bytes`` of one data set; ``on_abort(assoc, received)`` says why
@@ -156,27 +159,43 @@ class DatasetGuard:
         assoc.abort()  # in a handler: queues the A-ABORT and returns
 
     def on_conn_close(self, event: Event) -> None:
-        """``EVT_CONN_CLOSE``: remove the file of a data set that never arrived whole."""
+        """``EVT_CONN_CLOSE``: remove the files of the data sets no handler will see."""
         with self._lock:
             self._received.pop(event.assoc, None)
-        discard_partial_dataset(event.assoc)
+        discard_unhandled_datasets(event.assoc)
 
 
-def discard_partial_dataset(assoc: Association) -> None:
-    """Close and delete the temporary file of a C-STORE data set still being received.
+def discard_unhandled_datasets(assoc: Association) -> None:
+    """Close and delete the temporary files of the C-STORE data sets no handler will see.
 
-    pynetdicom keeps that file on its message being decoded (``assoc.dimse.message``), under
-    private names, and never deletes it when the association ends mid-way. Called once the
-    connection is closed (nothing more is written to it). Never raises."""
+    Two kinds, both of which pynetdicom leaves behind when an association ends:
+
+    * the data set still being received (kept on the message being decoded,
+      ``assoc.dimse.message``, under private names);
+    * data sets received whole but still queued (``assoc.dimse.msg_queue``) behind a handler
+      that had not returned: a sender that times out on one response may send the next on the
+      same association (DCMTK's ``dcmsend`` does) and then give up; the reactor stops at the
+      end of the association without taking them off the queue.
+
+    Called once the connection is closed: nothing more is written to those files, and nothing
+    could be answered on it any more. Never raises."""
     try:
-        message: Any = getattr(assoc.dimse, "message", None)
-        partial: Any = getattr(message, "_data_set_file", None)
-        if partial is None:
-            return
-        name = str(partial.name)
-        partial.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        logger.debug("removed the data set cut short at %s", name)
+        dimse: Any = assoc.dimse
+        message: Any = getattr(dimse, "message", None)
+        files: list[Any] = [getattr(message, "_data_set_file", None)]
+        while True:
+            try:
+                _, primitive = dimse.msg_queue.get_nowait()
+            except queue.Empty:
+                break
+            files.append(getattr(primitive, "_dataset_file", None))
+        for file in files:
+            if file is None:
+                continue
+            name = str(file.name)
+            file.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+            logger.debug("removed the unhandled data set at %s", name)
     except Exception:
-        logger.exception("cannot remove the temporary file of a data set cut short")
+        logger.exception("cannot remove the temporary file of an unhandled data set")
