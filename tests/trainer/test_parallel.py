@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import pickle
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,9 +154,11 @@ def test_a_failing_process_is_one_line(
 ) -> None:
     shutil.copy(two.run_dir / CHECKPOINT, tmp_path / CHECKPOINT)  # of another run: seed 5
     options = dataclasses.replace(OPTIONS, seed=9, processes=2)
+    before = set(Path(tempfile.gettempdir()).glob("pytorch-errorfile-*"))  # torch's, per rank
     with pytest.raises(TrainingError, match=r"^training process \d failed: TrainingError: ") as e:
         train(pairs, options, tmp_path, progress=False)
     assert "seed: 5 -> 9" in str(e.value) and "\n" not in str(e.value)
+    assert set(Path(tempfile.gettempdir()).glob("pytorch-errorfile-*")) == before  # removed
 
 
 def test_every_rank_leaves_with_its_records_delivered() -> None:

@@ -20,6 +20,7 @@ own weights, a close approximation).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -189,9 +190,18 @@ def launch(
             store = Path(folder) / "store"
             level = root.getEffectiveLevel()
             setup = (processes, target, args, device.type, store, threads, level)
-            start_processes(  # type: ignore[no-untyped-call]
-                _entry, args=(*setup, records, results), nprocs=processes, start_method="spawn"
+            ranks = start_processes(  # type: ignore[no-untyped-call]
+                _entry,
+                args=(*setup, records, results),
+                nprocs=processes,
+                join=False,
+                start_method="spawn",
             )
+            try:
+                while not ranks.join():
+                    pass
+            finally:  # a failed rank's traceback file (world-readable, in /tmp): read by now
+                _remove(ranks.error_files)
     except ProcessRaisedException as exc:  # its message ends with "module.Class: message"
         last = [line for line in str(exc).splitlines() if line.strip()][-1]
         name, _, message = last.partition(": ")
@@ -206,6 +216,13 @@ def launch(
     if results.empty():
         raise TrainingError("training process 0 ended without a result")
     return results.get()  # type: ignore[no-any-return]
+
+
+def _remove(paths: list[str | None]) -> None:
+    for path in paths:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def _entry(
