@@ -1,9 +1,9 @@
-"""Real DICOM peers for tests: DCMTK ``storescu``, ``dcmsend``, ``echoscu``; an Orthanc PACS.
+"""Real DICOM peers for tests: DCMTK ``storescu`` / ``echoscu`` and an Orthanc PACS.
 
 Every process started here gets ``TCP_NODELAY=1`` in its environment: DCMTK and Orthanc leave
 Nagle's algorithm on otherwise, which costs 10-80x on loopback (see FIELD-NOTES.md).
 
-* :func:`storescu`, :func:`dcmsend` and :func:`echoscu` run the DCMTK tools against a port and
+* :func:`storescu` (or ``dcmsend``) and :func:`echoscu` run the DCMTK tools against a port and
   return the completed process (exit code, output); they never raise on a DICOM failure. They
   are looked up on the PATH skipping Python scripts (:func:`peer_program`): pynetdicom installs
   Python apps of the same names into every virtual environment, and an activated one (this
@@ -79,36 +79,13 @@ def storescu(
     host: str = LOCALHOST,
     extra_args: Sequence[str] = (),
     timeout: float = 120.0,
+    program: str = "storescu",
 ) -> subprocess.CompletedProcess[str]:
-    """Send files with DCMTK ``storescu`` (one association); exit code 0 when all stored."""
-    return _send("storescu", port, paths, called_ae, calling_ae, host, extra_args, timeout)
+    """Send files with DCMTK ``storescu`` (one association); exit code 0 when all stored.
 
-
-def dcmsend(
-    port: int,
-    paths: Iterable[Path],
-    *,
-    called_ae: str = "BONECT",
-    calling_ae: str = "DCMSEND",
-    host: str = LOCALHOST,
-    extra_args: Sequence[str] = (),
-    timeout: float = 120.0,
-) -> subprocess.CompletedProcess[str]:
-    """Send files with DCMTK ``dcmsend``, which, unlike ``storescu``, keeps its association
-    after a response timeout and sends the next file on it."""
-    return _send("dcmsend", port, paths, called_ae, calling_ae, host, extra_args, timeout)
-
-
-def _send(
-    program: str,
-    port: int,
-    paths: Iterable[Path],
-    called_ae: str,
-    calling_ae: str,
-    host: str,
-    extra_args: Sequence[str],
-    timeout: float,
-) -> subprocess.CompletedProcess[str]:
+    ``program="dcmsend"`` sends them with DCMTK's ``dcmsend`` instead (the same leading
+    arguments), which, unlike ``storescu``, keeps its association after a response timeout and
+    sends the next file on it (with ``--no-halt``)."""
     args = [_program(program), "-aet", calling_ae, "-aec", called_ae, *extra_args, host]
     args.append(str(port))
     return subprocess.run(

@@ -28,7 +28,7 @@ from bonect.daemon.incoming import RECEIVING, receive_into
 from bonect.daemon.receive import OUT_OF_RESOURCES, SUCCESS
 from bonect.dicom.header import InstanceHeader
 from daemon.scp_support import RecordingSink, ScpNode, StartNode, associate
-from dicom_peers import dcmsend, have, storescu
+from dicom_peers import have, storescu
 from series_factory import make_mr_series, write_series
 
 MB = 1024 * 1024
@@ -194,7 +194,8 @@ def test_data_sets_queued_behind_an_unanswered_one_leave_no_file_when_the_peer_g
         # -nh: on to the next file after a failure; the release waits behind the held
         # instance too, so a short ACSE timeout ends it, and dcmsend closes the connection
         timeouts = ["--dimse-timeout", "1", "--acse-timeout", "2"]
-        sent = dcmsend(node.server.port, files, extra_args=["--no-halt", *timeouts])
+        send = ["--no-halt", *timeouts]
+        sent = storescu(node.server.port, files, extra_args=send, program="dcmsend")
     finally:
         sink.release.set()
     assert sent.stderr.count("Failed receiving DIMSE response") == 3, sent.stderr
