@@ -7,7 +7,6 @@ their own at the same spacing.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,18 +42,6 @@ def _strict_pydicom() -> Iterator[None]:
     yield
     pydicom_config.settings.reading_validation_mode = reading
     pydicom_config.settings.writing_validation_mode = writing
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _temporary_files_in_basetemp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """This process's temporary files go into pytest's base folder, which pytest prunes, not
-    into ``/tmp``. Once a test has started a bonect SCP, pynetdicom streams every received data
-    set of the process to a temporary file (a process-wide switch); the test PACSs that stall or
-    abort on purpose leave some of those files, as pynetdicom does without bonect's guard."""
-    saved = tempfile.tempdir
-    tempfile.tempdir = str(tmp_path_factory.mktemp("tempfiles"))
-    yield Path(tempfile.tempdir)
-    tempfile.tempdir = saved
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -120,7 +121,10 @@ def start_fake_pacs(transfer_syntaxes: Sequence[str] | None = None) -> tuple[AE,
 
 
 @pytest.fixture
-def fake_pacs() -> Iterator[FakePacs]:
+def fake_pacs(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePacs]:
+    # in memory, whatever an earlier test's bonect SCP set for the process: this PACS has no
+    # DatasetGuard, and a data set queued behind a stalled one would leave its file in /tmp
+    monkeypatch.setattr(pynetdicom_config, "STORE_RECV_CHUNKED_DATASET", False)
     ae, pacs = start_fake_pacs()
     yield pacs
     pacs.unstall.set()
